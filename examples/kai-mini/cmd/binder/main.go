@@ -1,0 +1,13 @@
+package main
+
+import (
+	"fmt"
+
+	"example.com/kai-mini/pkg/shared"
+	"example.com/kai-mini/pkg/scheduler/version"
+)
+
+func main() {
+	fmt.Println(version.Line("binder"))
+	fmt.Println("binder", shared.InstanceID())
+}

@@ -1,0 +1,11 @@
+package main
+
+import (
+	"fmt"
+
+	"example.com/kai-mini/pkg/scheduler/version"
+)
+
+func main() {
+	fmt.Println(version.Line("time-based-fairshare-simulator"))
+}

@@ -1,0 +1,2 @@
+#!/bin/sh
+exec kubectl apply --server-side=true --force-conflicts -f /internal-crds

@@ -1,0 +1,3 @@
+from kaibuild.cli import main
+
+raise SystemExit(main())

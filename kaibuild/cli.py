@@ -1,0 +1,205 @@
+"""kaibuild's command line: build, list, graph, explain."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from kaibuild import __version__
+from kaibuild.address import Address, matches
+from kaibuild.cache import Store
+from kaibuild.config import Config, load_config
+from kaibuild.context import Context, Options
+from kaibuild.errors import ConfigError, KaibuildError
+from kaibuild.executor import Result, execute
+from kaibuild.graph import build_graph, execution_order
+from kaibuild.platform import Platform, parse_platforms
+from kaibuild.report import ConsoleReporter, JsonLinesReporter, Reporter
+from kaibuild.rule import Node, Rule
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except KaibuildError as error:
+        sys.stderr.write(f"kaibuild: error: {error}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("kaibuild: interrupted\n")
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kaibuild", description="Build a Go monorepo's images per platform, "
+                                     "incrementally and offline.")
+    parser.add_argument("--version", action="version", version=f"kaibuild {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--workspace", "-C", type=Path, default=Path.cwd(), help="workspace root (default: .)")
+    common.add_argument("--cache-dir", type=Path, default=None,
+                        help="cache directory (default: $KAIBUILD_CACHE_DIR or WORKSPACE/.kaibuild/cache)")
+    common.add_argument("--platform", default=None, help="linux/amd64, linux/arm64 or a comma list "
+                        "(default: kaibuild.toml's default_platforms)")
+    common.add_argument("--offline", action="store_true", help="use no network: pinned base images only")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    build = commands.add_parser("build", parents=[common], help="build targets")
+    build.add_argument("targets", nargs="+", help="addresses or patterns: //services:scheduler, //...")
+    build.add_argument("--dist", type=Path, default=None, help="where tarballs go (default: WORKSPACE/dist)")
+    build.add_argument("--explain", action="store_true", help="say why each executed action ran")
+    build.add_argument("--json", action="store_true", help="JSON-lines events on stdout instead of progress")
+    build.add_argument("-v", "--verbose", action="store_true")
+    build.set_defaults(handler=_build)
+
+    listing = commands.add_parser("list", parents=[common], help="list the targets")
+    listing.set_defaults(handler=_list)
+
+    graph = commands.add_parser("graph", parents=[common], help="print the action graph (DOT)")
+    graph.add_argument("targets", nargs="*", default=["//..."])
+    graph.set_defaults(handler=_graph)
+
+    explain = commands.add_parser("explain", parents=[common], help="why a target would (not) rebuild")
+    explain.add_argument("target")
+    explain.set_defaults(handler=_explain)
+    return parser
+
+
+# --- commands -------------------------------------------------------------------
+def _build(args: argparse.Namespace) -> int:
+    config, ctx = _setup(args)
+    reporter: Reporter = JsonLinesReporter() if args.json else ConsoleReporter(verbose=args.verbose)
+    try:
+        platforms = _platforms(args, config)
+        roots = _roots(args.targets, config, ctx, platforms)
+        ctx.docker.check_can_build(platforms)
+        graph = build_graph(roots, ctx)
+        result = execute(graph, ctx, reporter, explain=args.explain)
+        _write_artifacts(roots, result, ctx, args.dist or config.workspace / config.dist_dir, reporter)
+        reporter.summary(result.summary)
+        return 0 if result.ok else 1
+    finally:
+        ctx.store.close()
+
+
+def _list(args: argparse.Namespace) -> int:
+    config = load_config(args.workspace.resolve(), _schemas())
+    for address, spec in sorted(config.targets.items()):
+        print(f"{address}\t{spec.kind}")
+    return 0
+
+
+def _graph(args: argparse.Namespace) -> int:
+    config, ctx = _setup(args)
+    try:
+        graph = build_graph(_roots(args.targets, config, ctx, _platforms(args, config)), ctx)
+        print("digraph kaibuild {")
+        for node_id in execution_order(graph):
+            print(f'  "{node_id}";')
+        for dep, user in sorted(graph.edges, key=str):
+            print(f'  "{dep}" -> "{user}";')
+        print("}")
+        return 0
+    finally:
+        ctx.store.close()
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from kaibuild.executor import action_key_material, explain_change
+
+    config, ctx = _setup(args)
+    try:
+        roots = _roots([args.target], config, ctx, _platforms(args, config))
+        graph = build_graph(roots, ctx)
+        # Key every dependency first (from the cache, without building), then the target.
+        for node_id in execution_order(graph):
+            node = ctx.nodes[node_id]
+            rule = ctx.rules[node.kind]
+            deps = {role: ctx.records[d] for role, d in node.deps.items() if d in ctx.records}
+            if len(deps) != len(node.deps):
+                print(f"{node_id}: a dependency has no cached output yet: it will build")
+                continue
+            material = action_key_material(node, ctx, rule.inputs(node, ctx, deps))
+            lines = explain_change(ctx, node_id, material)
+            last = ctx.store.actions.get(f"last:{node_id}")
+            record = ctx.store.get(last["key"]) if last else None
+            if record is not None and lines == ["unchanged: cached"]:
+                ctx.records[node_id] = record
+            print(f"{node_id}: {'will rebuild' if lines != ['unchanged: cached'] else 'cached'}")
+            for line in lines:
+                print(f"    {line}")
+            if node_id in [r.id for r in roots]:
+                print("    inputs of its key:")
+                for key, value in sorted(material["inputs"].items()):
+                    print(f"      {key}: {value if not isinstance(value, dict) else f'{len(value)} entries'}")
+        return 0
+    finally:
+        ctx.store.close()
+
+
+# --- helpers --------------------------------------------------------------------
+def _rules() -> dict[str, Rule]:
+    from rules import all_rules  # the registered rule kinds
+
+    return all_rules()
+
+
+def _schemas() -> dict[str, dict]:
+    return {kind: rule.settings for kind, rule in _rules().items() if kind != "base_image"}
+
+
+def _setup(args: argparse.Namespace) -> tuple[Config, Context]:
+    workspace = args.workspace.resolve()
+    if not workspace.is_dir():
+        raise ConfigError(f"workspace {workspace} is not a directory", where="--workspace")
+    config = load_config(workspace, _schemas())
+    cache_dir = args.cache_dir or (Path(os.environ["KAIBUILD_CACHE_DIR"]) if os.environ.get("KAIBUILD_CACHE_DIR")
+                                   else workspace / ".kaibuild" / "cache")
+    store = Store(cache_dir.resolve())
+    options = Options(offline=args.offline, verbose=getattr(args, "verbose", False))
+    return config, Context(config, store, _rules(), options)
+
+
+def _platforms(args: argparse.Namespace, config: Config) -> list[Platform]:
+    if args.platform is None:
+        return config.default_platforms
+    try:
+        return parse_platforms(args.platform)
+    except ConfigError as error:
+        raise ConfigError(error.message, where="--platform", fix=error.fix) from None
+
+
+def _roots(patterns: list[str], config: Config, ctx: Context, platforms: list[Platform]) -> list[Node]:
+    selected: list[Address] = []
+    for pattern in patterns:
+        found = [a for a in sorted(config.targets) if matches(pattern, a)]
+        if not found:
+            raise ConfigError(f"no target matches {pattern}", where=str(config.path),
+                              fix="see 'kaibuild list' for the targets")
+        selected += [a for a in found if a not in selected]
+    roots = []
+    for address in selected:
+        for platform in platforms:
+            node = ctx.target_node(address, platform)
+            if node not in roots:
+                roots.append(node)
+    return roots
+
+
+def _write_artifacts(roots: list[Node], result: Result, ctx: Context, dist: Path, reporter: Reporter) -> None:
+    """Copy each built root's artifact to dist/<os>_<arch>/ (temp, then rename)."""
+    for node in roots:
+        record = result.records.get(node.id)
+        artifact = ctx.rules[node.kind].artifact(node, record) if record else None
+        if record is None or artifact is None:
+            continue
+        relpath, name = artifact
+        folder = node.id.platform.dirname if node.id.platform else "any"
+        dest = dist / folder / name
+        ctx.store.export_file(record.files[relpath], dest, executable=relpath in record.executable)
+        reporter.artifact(node.id, dest)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,172 @@
+"""docker_image: an image built with docker buildx from a Dockerfile, for one
+platform, written as a docker-archive tarball whose platform is verified.
+
+The build context is staged: only the files the Dockerfile's COPY/ADD lines
+select (after .dockerignore) are copied in, plus the outputs of the targets
+listed in `inputs`, at their own paths. Base images come from base_image
+nodes, handed to buildx as named contexts, so the build uses exactly the
+pinned image for the platform and never pulls by itself.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from kaibuild.address import Address
+from kaibuild.cache import OutputRecord
+from kaibuild.context import Context
+from kaibuild.dockerfile import DockerfilePlan, analyze_dockerfile, select_context_files
+from kaibuild.errors import ConfigError, PlatformMismatch
+from kaibuild.image_archive import elf_arch, read_file, read_images
+from kaibuild.platform import Platform
+from kaibuild.report import ActionLog
+from kaibuild.rule import Node, Rule, RunResult
+from rules.base_image import base_image_node, local_image_name
+
+TARBALL = "image.tar"
+
+
+class DockerImageRule(Rule):
+    kind = "docker_image"
+    version = 1
+    settings = {
+        "dockerfile": str,  # path from the workspace root
+        "context": str,  # build context directory, default the workspace root
+        "stage": str,  # --target
+        "build_args": dict,
+        "inputs": list,  # addresses whose outputs are placed into the context
+        "exec_platform": bool,  # build for the machine that runs the build (tool images)
+        "verify_binary": str,  # a path in the image whose ELF arch must match the platform
+    }
+    required = frozenset({"dockerfile"})
+
+    def node_platform(self, settings: dict[str, Any], requested: Platform | None, ctx: Context) -> Platform | None:
+        return ctx.exec_platform if settings.get("exec_platform") else requested
+
+    def expand(self, node: Node, ctx: Context) -> list[Node]:
+        plan = self._plan(node, ctx)
+        created = []
+        for base in plan.base_images:
+            platform = Platform.parse(base.platform) if base.platform else _platform(node)
+            dep = base_image_node(base.ref, platform, f"{node.settings['dockerfile']}:{base.line}")
+            node.deps[f"base:{base.ref}@{platform}"] = dep.id
+            created.append(dep)
+        for text in node.settings.get("inputs", []):
+            dep = ctx.target_node(_address(text, node), _platform(node), wanted_by=node.where)
+            node.deps[f"input:{dep.id.label}"] = dep.id
+            created.append(dep)
+        return created
+
+    def inputs(self, node: Node, ctx: Context, deps: dict[str, OutputRecord]) -> dict[str, Any]:
+        plan = self._plan(node, ctx)
+        provided = _provided_paths(deps)
+        sources = [s for s in plan.context_sources if s.strip("/") not in provided]
+        context = self._context_dir(node, ctx)
+        files = select_context_files(context, sources) if sources else []
+        dockerfile = ctx.workspace / node.settings["dockerfile"]
+        return {
+            "dockerfile": ctx.digests.digest(dockerfile),
+            "context_files": ctx.digests.tree(context, files),
+            "build_args": self._build_args(node),
+            "stage": node.settings.get("stage"),
+        }
+
+    def run(self, node: Node, ctx: Context, deps: dict[str, OutputRecord], inputs: dict[str, Any],
+            work: Path, log: ActionLog) -> RunResult:
+        platform = _platform(node)
+        staged = work / "context"
+        context = self._context_dir(node, ctx)
+        for rel in inputs["context_files"]:
+            (staged / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(context / rel, staged / rel)
+        staged.mkdir(exist_ok=True)
+        build_contexts = {}
+        for role, record in deps.items():
+            if role.startswith("input:"):
+                ctx.store.materialize(record, staged)
+            elif role.startswith("base:"):
+                build_contexts[record.meta["ref"]] = f"docker-image://{local_image_name(record)}"
+        out = work / "out"
+        out.mkdir()
+        tarball = out / TARBALL
+        ctx.docker.build(context=staged, dockerfile=ctx.workspace / node.settings["dockerfile"], platform=platform,
+                         dest=tarball, log=log, target=node.settings.get("stage"), build_args=inputs["build_args"],
+                         build_contexts=build_contexts)
+        meta = verify_image(tarball, node, platform)
+        return RunResult(out, meta)
+
+    def restore(self, node: Node, ctx: Context, record: OutputRecord) -> None:
+        """Load the image into the engine (from the store) if it is not there."""
+        name = image_name(node, record)
+        if not ctx.docker.has_image(name):
+            ctx.docker.load_as(ctx.store.blob_path(record.files[TARBALL]), name)
+
+    def artifact(self, node: Node, record: OutputRecord) -> tuple[str, str] | None:
+        assert node.address is not None
+        return TARBALL, f"{node.address.name}.tar"
+
+    # --- helpers -----------------------------------------------------------------
+    def _plan(self, node: Node, ctx: Context) -> DockerfilePlan:
+        dockerfile = ctx.workspace / node.settings["dockerfile"]
+        if not dockerfile.is_file():
+            raise ConfigError(f"Dockerfile {node.settings['dockerfile']} does not exist in {ctx.workspace}",
+                              where=node.where, fix="fix the dockerfile setting of this target")
+        return analyze_dockerfile(dockerfile, target=node.settings.get("stage"), build_args=self._build_args(node),
+                                  target_platform=str(_platform(node)), build_platform=str(ctx.exec_platform))
+
+    def _build_args(self, node: Node) -> dict[str, str]:
+        platform = _platform(node)
+        values = {"os": platform.os, "arch": platform.arch, "variant": platform.variant}
+        return {k: str(v).format(**values) for k, v in node.settings.get("build_args", {}).items()}
+
+    def _context_dir(self, node: Node, ctx: Context) -> Path:
+        return ctx.workspace / node.settings.get("context", ".")
+
+
+def image_name(node: Node, record: OutputRecord) -> str:
+    """The local engine name of a built image: unique to its content."""
+    label = node.id.label.strip("/").replace(":", "/").lower()
+    return f"kaibuild.local/{label}:{record.digest[:24]}"
+
+
+def verify_image(tarball: Path, node: Node, platform: Platform) -> dict[str, Any]:
+    """Check the tarball's image config, and a binary inside, are for `platform`."""
+    images = read_images(tarball)
+    if len(images) != 1:
+        raise PlatformMismatch(f"{node.id.label}: the tarball holds {len(images)} images, expected one", where=node.where)
+    image = images[0]
+    actual = Platform.parse(image.platform_text) if image.platform_text else None
+    if actual != platform:
+        raise PlatformMismatch(f"image {node.id.label}: expected {platform}, but its config says {image.platform_text}",
+                               where=node.where, fix="check --platform and FROM --platform lines in the Dockerfile")
+    binary = node.settings.get("verify_binary")
+    if binary:
+        data = read_file(tarball, image, binary)
+        if data is None:
+            raise PlatformMismatch(f"image {node.id.label}: {binary} is not in the image", where=node.where,
+                                   fix="fix the verify_binary setting, or the Dockerfile's COPY")
+        arch = elf_arch(data)
+        if arch != platform.arch:
+            raise PlatformMismatch(
+                f"image {node.id.label} for {platform}: {binary} is a {arch or 'non-ELF'} binary, expected {platform.arch}",
+                where=node.where,
+                fix="a Dockerfile ARG default or a wrong bin/ file overrode the target arch; build the binary for this platform")
+    return {"manifest_digest": image.manifest_digest, "config_digest": image.config_digest, "platform": str(platform)}
+
+
+def _provided_paths(deps: dict[str, OutputRecord]) -> set[str]:
+    return {rel for role, record in deps.items() if role.startswith("input:") for rel in record.files}
+
+
+def _address(text: str, node: Node) -> Address:
+    try:
+        return Address.parse(text)
+    except ConfigError as error:
+        raise ConfigError(error.message, where=node.where, fix=error.fix) from None
+
+
+def _platform(node: Node) -> Platform:
+    assert node.id.platform is not None, "images are always built for one platform"
+    return node.id.platform

@@ -1,0 +1,68 @@
+"""go_vendor: the module's vendor tree, made by `go mod vendor` on the host.
+
+One output serves every platform (`go mod vendor` ignores build
+constraints). Its key covers go.mod, go.sum, the set of packages the
+module's files import (not their bodies: editing code without changing
+imports cannot change the vendor tree) and the Go version, which decides the
+format of vendor/modules.txt.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from kaibuild.cache import OutputRecord
+from kaibuild.context import Context
+from kaibuild.errors import ActionFailed
+from kaibuild.report import ActionLog
+from kaibuild.rule import Node, Rule, RunResult
+from rules.gotool import clean_env, go_command, go_version, imports_of, module_go_files
+
+
+class GoVendorRule(Rule):
+    kind = "go_vendor"
+    version = 1
+    settings: dict[str, type | tuple[type, ...]] = {}
+    platform_independent = True
+
+    def expand(self, node: Node, ctx: Context) -> list[Node]:
+        return []
+
+    def inputs(self, node: Node, ctx: Context, deps: dict[str, OutputRecord]) -> dict[str, Any]:
+        ws = ctx.workspace
+        imports: set[str] = set()
+        for rel in module_go_files(ws):
+            imports |= imports_of((ws / rel).read_text(errors="replace"))
+        module = ctx.go_module
+        external = sorted(p for p in imports if "." in p.split("/")[0] and p != module and not p.startswith(module + "/"))
+        return {
+            "go.mod": ctx.digests.digest(ws / "go.mod"),
+            "go.sum": ctx.digests.digest(ws / "go.sum") if (ws / "go.sum").exists() else None,
+            "imports": external,
+            "go_version": go_version(),
+        }
+
+    def run(self, node: Node, ctx: Context, deps: dict[str, OutputRecord], inputs: dict[str, Any],
+            work: Path, log: ActionLog) -> RunResult:
+        ws = ctx.workspace
+        sandbox = work / "module"
+        for rel in ["go.mod", "go.sum", *module_go_files(ws)]:
+            if (ws / rel).exists():
+                (sandbox / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(ws / rel, sandbox / rel)
+        out = work / "out"
+        out.mkdir()
+        command = [go_command(), "mod", "vendor", "-o", str(out / "vendor")]
+        log.write("$ " + " ".join(command))
+        done = subprocess.run(command, cwd=sandbox, capture_output=True, text=True, env=clean_env(GOFLAGS="-mod=mod"))
+        log.write(done.stdout + done.stderr)
+        if done.returncode != 0:
+            last = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"
+            raise ActionFailed(f"go mod vendor failed: {last}", where=str(ws / "go.mod"),
+                               fix="check go.mod/go.sum ('go mod tidy') and that GOPROXY can serve the modules")
+        if (out / "vendor").exists() and not (out / "vendor" / "modules.txt").is_file():
+            raise ActionFailed("go mod vendor wrote no vendor/modules.txt", where=str(ws / "go.mod"))
+        return RunResult(out, {})

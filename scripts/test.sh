@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The test command: prepares the environment (Docker engine with buildx,
+# QEMU, Go 1.24.4, loopback registry with stand-in base images), lints, then
+# runs every test. Integration tests fail, never skip, without Docker.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/dev-env.sh
+ruff check kaibuild rules tests bench 2>/dev/null || ruff check kaibuild rules tests
+exec python3 -m pytest -q "$@"
