@@ -173,7 +173,7 @@ def _substitute(value: Any, scope: dict[str, str], where: str) -> Any:
     if not isinstance(value, str):
         return value
     out = []
-    for literal, name, spec, conv in string.Formatter().parse(value):
+    for literal, name, _spec, _conv in string.Formatter().parse(value):
         out.append(literal)
         if name is None:
             continue

@@ -59,23 +59,21 @@ class DockerEngine:
         return any("io.containerd.snapshotter" in str(v) for pair in self.info.get("DriverStatus") or [] for v in pair)
 
     def check_can_build(self, platforms: Iterable[Platform]) -> None:
-        """Fail before any building if buildx is missing or can't run a platform."""
+        """Fail before any building if buildx is missing or can't run a platform (C2, C3)."""
         try:
-            builders = self.client.buildx.list()
+            builder = self.client.buildx.inspect(bootstrap=True)
         except DockerException as error:
             raise KaibuildError("docker buildx is not available", where="docker CLI",
                                 fix="install the buildx plugin (Debian: docker-buildx)") from error
-        current = next((b for b in builders if b.name == self._builder_name()), None)
-        supported = {str(Platform.parse(p)) for b in builders if b is current for n in b.nodes for p in (n.platforms or []) if _parses(p)}
+        supported = {str(Platform.parse(p)) for node in builder.nodes for p in (node.platforms or []) if _parses(p)}
         missing = [str(p) for p in platforms if supported and str(p) not in supported]
         if missing:
             raise KaibuildError(
-                f"the buildx builder {self._builder_name()!r} cannot build for {', '.join(missing)} "
+                f"the buildx builder {builder.name!r} cannot build for {', '.join(missing)} "
                 f"(it supports {', '.join(sorted(supported))})", where="docker buildx",
                 fix="install QEMU binfmt handlers (Debian: qemu-user-static) or choose another platform")
-
-    def _builder_name(self) -> str:
-        return self._cli(["buildx", "inspect", "--format", "{{.Name}}"]).strip() or "default"
+        if builder.driver not in ("docker", "docker-container", "remote", "kubernetes"):
+            raise KaibuildError(f"unknown buildx driver {builder.driver!r}", where="docker buildx")
 
     # --- base images -----------------------------------------------------------
     def resolve(self, ref_text: str, platform: Platform) -> ResolvedImage:

@@ -329,9 +329,7 @@ def _arg_items(cmd: Any, where: str) -> Iterator[tuple[str, str | None]]:
 def _split_platform(spec: str, what: str) -> tuple[str, str, str]:
     parts = spec.split("/")
     if len(parts) not in (2, 3) or not all(parts):
-        raise DockerfileError(
-            f"invalid {what} {spec!r}", where=what, fix='use os/arch[/variant], e.g. "linux/arm64"'
-        )
+        raise DockerfileError(f"invalid {what} {spec!r}", where=what, fix='use os/arch[/variant], e.g. "linux/arm64"')
     os_name, arch, *variant = parts
     return os_name, arch, variant[0] if variant else ""
 
@@ -498,23 +496,22 @@ class _Analyzer:
                     raise DockerfileError(
                         "ADD does not support --from", where=self.where(line), fix="use COPY --from=<stage>"
                     )
-                yield self.resolve_from(_flags(cmd)["from"], stage, stages, by_name, line, by_index=True), line
+                yield self.resolve_from(_flags(cmd)["from"], stages, by_name, line, by_index=True), line
             elif kind == "RUN":
                 for mount in _mounts(cmd):
                     if mount.get("from"):
-                        yield self.resolve_from(mount["from"], stage, stages, by_name, line, by_index=False), line
+                        yield self.resolve_from(mount["from"], stages, by_name, line, by_index=False), line
 
     def resolve_from(
         self,
         ref: str,
-        stage: _Stage,
         stages: list[_Stage],
         by_name: Mapping[str, _Stage],
         line: int,
         *,
         by_index: bool,
     ) -> _Stage | str:
-        """A --from value: an earlier stage (by name, or index for COPY) or else an image."""
+        """A --from value: a stage (by name, or index for COPY) or else an image."""
         if "$" in ref:
             raise DockerfileError(
                 f"--from={ref} uses a variable, which BuildKit does not expand",
@@ -557,11 +554,11 @@ class _Analyzer:
                 env[key] = args[key]
 
     def apply_env(self, cmd: Any, env: dict[str, str]) -> None:
-        pairs = list(zip(cmd.value[::2], cmd.value[1::2]))
-        if not pairs or len(cmd.value) % 2:
+        if not cmd.value or len(cmd.value) % 2:
             raise DockerfileError(
                 "ENV requires NAME=value pairs", where=self.where(cmd.start_line), fix="write ENV NAME=value"
             )
+        pairs = zip(cmd.value[::2], cmd.value[1::2], strict=True)
         # All values see the env as it was before this ENV, like `ENV A=1 B=$A` in docker.
         line = cmd.start_line
         env.update([(self.expand_value(k, env, line), self.expand_value(v, env, line)) for k, v in pairs])

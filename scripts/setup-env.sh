@@ -122,7 +122,9 @@ YML
 # Real registries are unreachable here, so each base image kaibuild.toml names
 # is replaced by a small image of the right platform, pushed under the same
 # name below $REGISTRY/<original registry host>/... (see the mirrors).
-has_tag() { curl -fs -o /dev/null -H 'Accept: application/vnd.oci.image.index.v1+json' "http://$REGISTRY/v2/$1/manifests/$2"; }
+# Bump when a stand-in's content changes, so existing registries are reseeded.
+SEED_VERSION=2
+has_tag() { [ -e "$STATE/seeded/$1:$2.v$SEED_VERSION" ] && curl -fs -o /dev/null -H 'Accept: application/vnd.oci.image.index.v1+json' "http://$REGISTRY/v2/$1/manifests/$2"; }
 
 busybox_rootfs() { # arch -> dir with a static busybox as /bin/sh etc.
   local arch=$1 dir="$STATE/rootfs/busybox-$1"
@@ -139,6 +141,22 @@ busybox_rootfs() { # arch -> dir with a static busybox as /bin/sh etc.
   fi
   for c in sh ls cat echo env uname sleep true false mkdir cp rm; do ln -sf busybox "$dir.tmp/bin/$c"; done
   echo 'root:x:0:0:root:/root:/bin/sh' > "$dir.tmp/etc/passwd"
+  rm -rf "$dir"; mv "$dir.tmp" "$dir"; echo "$dir"
+}
+
+distroless_rootfs() { # arch -> busybox plus glibc, like a distroless base with libc
+  local arch=$1 dir="$STATE/rootfs/distroless-$1"
+  [ -e "$dir/etc/passwd" ] && { echo "$dir"; return; }
+  local busy dl; busy=$(busybox_rootfs "$arch"); dl=$(mktemp -d)
+  dpkg --print-foreign-architectures | grep -q arm64 || { dpkg --add-architecture arm64; apt-get update -qq >&2; }
+  (cd "$dl" && apt-get download -qq "libc6:$arch" >&2)
+  rm -rf "$dir.tmp"; cp -a "$busy" "$dir.tmp"
+  dpkg-deb -x "$dl"/libc6_*_"$arch".deb "$dl/x"
+  cp -a "$dl/x/." "$dir.tmp/"
+  # usrmerge layouts put the loader under usr/lib; binaries ask for /lib*/...
+  [ -e "$dir.tmp/lib64" ] || [ ! -d "$dir.tmp/usr/lib64" ] || ln -s usr/lib64 "$dir.tmp/lib64"
+  [ -e "$dir.tmp/lib" ] || ln -s usr/lib "$dir.tmp/lib"
+  rm -rf "$dl" "$dir.tmp/usr/share"
   rm -rf "$dir"; mv "$dir.tmp" "$dir"; echo "$dir"
 }
 
@@ -172,12 +190,17 @@ seed_image() { # repo tag platforms(comma) rootfs-kind [changes...]
     arch=${p#linux/}
     case $kind in
       busybox) rootfs=$(busybox_rootfs "$arch") ;;
+      distroless) rootfs=$(distroless_rootfs "$arch") ;;
       golang-bullseye) rootfs=$(bullseye_go_rootfs) ;;
     esac
     import_and_push "$rootfs" "$p" "$REGISTRY/$repo:$tag-$arch" "$@"
     parts+=("$REGISTRY/$repo:$tag-$arch")
   done
   docker buildx imagetools create -t "$REGISTRY/$repo:$tag" "${parts[@]}" >&2
+  # Leave the engine's store empty of them: builds must get base images
+  # through kaibuild, as they would on a user's machine.
+  docker image rm "${parts[@]}" >/dev/null 2>&1 || true
+  mkdir -p "$(dirname "$STATE/seeded/$repo:$tag")"; touch "$STATE/seeded/$repo:$tag.v$SEED_VERSION"
 }
 
 seed_images() {
@@ -186,7 +209,7 @@ seed_images() {
     'ENV PATH=/go/bin:/usr/local/go/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
     'ENV GOPATH=/go' 'ENV GOLANG_VERSION=1.24.4' 'WORKDIR /go' 'CMD ["bash"]'
   seed_image docker.io/library/golang 1.22 linux/amd64,linux/arm64 busybox "$busy_env" 'CMD ["sh"]'
-  seed_image nvcr.io/nvidia/distroless/go v3.2.1 linux/amd64,linux/arm64 busybox "$busy_env"
+  seed_image nvcr.io/nvidia/distroless/go v3.2.1 linux/amd64,linux/arm64 distroless "$busy_env"
   seed_image registry.access.redhat.com/ubi9/ubi-minimal latest linux/amd64,linux/arm64 busybox "$busy_env" 'CMD ["sh"]'
 }
 
