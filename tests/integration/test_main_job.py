@@ -82,6 +82,26 @@ def test_only_what_reads_an_edited_file_rebuilds(ws: Path) -> None:
     assert "kai-mini-scheduler-edited" in load_and_run(ws / "dist" / "linux_amd64" / "scheduler.tar", "linux/amd64")
 
 
+def test_two_platforms_in_one_build_give_one_tarball_each(ws: Path) -> None:
+    run = build(ws, SCHEDULER, "--platform", "linux/amd64,linux/arm64")
+    assert run.returncode == 0, run.stderr
+    for arch in ("amd64", "arm64"):
+        [image] = read_images(ws / "dist" / f"linux_{arch}" / "scheduler.tar")
+        assert image.architecture == arch
+
+
+def test_compile_error_names_the_target_and_shows_the_log_tail(ws: Path, tmp_path: Path) -> None:
+    other = copy_kai_mini(tmp_path / "ws")
+    main_go = other / "cmd" / "scheduler" / "main.go"
+    main_go.write_text(main_go.read_text() + "\nfunc broken() { undefinedThing() }\n")
+    run = kaibuild(other, "build", SCHEDULER, "--platform", "linux/amd64", cache_dir=ws.parent / "cache", json_events=False)
+    assert run.returncode == 1
+    assert "FAILED //services:scheduler-bin [linux/amd64]" in run.stderr
+    assert "undefined: undefinedThing" in run.stderr  # from the compiler, via the log tail
+    assert "skipped  //services:scheduler [linux/amd64]" in run.stderr
+    assert not (other / "dist").exists()
+
+
 def test_base_image_missing_the_platform_fails_naming_both(ws: Path, docker_env: dict, tmp_path: Path) -> None:
     # A base image whose registry entry offers arm64 only.
     (tmp_path / "Dockerfile").write_text("FROM scratch\nCOPY marker /marker\n")
