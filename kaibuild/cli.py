@@ -49,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("targets", nargs="+", help="addresses or patterns: //services:scheduler, //...")
     build.add_argument("--dist", type=Path, default=None, help="where tarballs go (default: WORKSPACE/dist)")
     build.add_argument("--explain", action="store_true", help="say why each executed action ran")
+    build.add_argument("--keep-going", "-k", action="store_true", help="after a failure, still run independent actions")
     build.add_argument("--json", action="store_true", help="JSON-lines events on stdout instead of progress")
     build.add_argument("-v", "--verbose", action="store_true")
     build.set_defaults(handler=_build)
@@ -75,7 +76,7 @@ def _build(args: argparse.Namespace) -> int:
         roots = _roots(args.targets, config, ctx, platforms)
         ctx.docker.check_can_build(platforms)
         graph = build_graph(roots, ctx)
-        result = execute(graph, ctx, reporter, explain=args.explain)
+        result = execute(graph, ctx, reporter, explain=args.explain, keep_going=args.keep_going)
         _write_artifacts(roots, result, ctx, args.dist or config.workspace / config.dist_dir, reporter)
         reporter.summary(result.summary)
         return 0 if result.ok else 1

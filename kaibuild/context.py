@@ -32,7 +32,7 @@ class Context:
         self.store = store
         self.rules = rules
         self.options = options
-        self.digests = FileDigests()
+        self.digests = FileDigests(store.actions)
         self.records: dict[NodeId, OutputRecord] = {}  # outputs known so far this run
         self.nodes: dict[NodeId, Node] = {}
         self._restored: set[NodeId] = set()

@@ -1,7 +1,7 @@
 """Walks the action graph: key each action, reuse a cached output or run it.
 
-Outcomes are kept apart: executed, cached, failed, and skipped because a
-dependency failed. A failed action does not stop independent branches.
+Outcomes are kept apart: executed, cached, failed, and skipped (because a
+dependency failed, or the build stopped at the first failure).
 """
 
 from __future__ import annotations
@@ -46,8 +46,11 @@ def action_key_material(node: Node, ctx: Context, inputs: dict[str, Any]) -> dic
     }
 
 
-def execute(graph: nx.DiGraph, ctx: Context, reporter: Reporter, *, explain: bool = False) -> Result:
-    order = execution_order(graph)
+def execute(graph: nx.DiGraph, ctx: Context, reporter: Reporter, *, explain: bool = False,
+            keep_going: bool = False) -> Result:
+    """Run the graph. After a failure, only with `keep_going` do independent
+    actions still run; otherwise the rest are reported as skipped."""
+    order = execution_order(graph, early=lambda n: ctx.rules[ctx.nodes[n].kind].run_early)
     reporter.planned(order)
     summary = Summary()
     result = Result(summary=summary)
@@ -56,6 +59,11 @@ def execute(graph: nx.DiGraph, ctx: Context, reporter: Reporter, *, explain: boo
     for index, node_id in enumerate(order, 1):
         node = ctx.nodes[node_id]
         failed_deps = [d for d in node.deps.values() if d in broken]
+        if summary.failed and not keep_going:
+            broken.add(node_id)
+            summary.skipped.append(node_id)
+            reporter.skipped(node_id, "not run: an earlier action failed (--keep-going runs independent ones)")
+            continue
         if failed_deps:
             broken.add(node_id)
             summary.skipped.append(node_id)

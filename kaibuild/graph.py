@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import networkx as nx
 
 from kaibuild.context import Context
@@ -35,6 +37,9 @@ def build_graph(roots: list[Node], ctx: Context) -> nx.DiGraph:
                       fix="remove one of these dependencies")
 
 
-def execution_order(graph: nx.DiGraph) -> list[NodeId]:
-    """Dependencies first; ties broken by name so runs are repeatable."""
-    return list(nx.lexicographical_topological_sort(graph, key=str))
+def execution_order(graph: nx.DiGraph, early: Callable[[NodeId], bool] = lambda _: False) -> list[NodeId]:
+    """Dependencies first; among ready nodes the `early` ones (quick checks
+    that can fail, like resolving a registry pin) go first, so a bad input
+    stops the build before the long actions; ties broken by name so runs
+    are repeatable."""
+    return list(nx.lexicographical_topological_sort(graph, key=lambda n: f"{0 if early(n) else 1}{n}"))

@@ -58,6 +58,7 @@ class Rule(ABC):
     settings: ClassVar[dict[str, type | tuple[type, ...]]]  # setting -> type(s)
     required: ClassVar[frozenset[str]] = frozenset()
     platform_independent: ClassVar[bool] = False  # True: one output serves every platform
+    run_early: ClassVar[bool] = False  # True: schedule as soon as possible (cheap checks that fail fast)
 
     def node_platform(self, settings: dict[str, Any], requested: Platform | None, ctx: Context) -> Platform | None:
         """The platform a target's node is built for, given the one asked for."""

@@ -34,6 +34,7 @@ class BaseImageRule(Rule):
     version = 1
     settings = {"ref": str}
     required = frozenset({"ref"})
+    run_early = True  # resolving pins checks the registry before any long build
 
     def expand(self, node: Node, ctx: Context) -> list[Node]:
         return []

@@ -5,5 +5,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/dev-env.sh
-ruff check kaibuild rules tests bench 2>/dev/null || ruff check kaibuild rules tests
+ruff check .
 exec python3 -m pytest -q "$@"

@@ -60,10 +60,10 @@ def make(tmp_path: Path, targets: dict[str, dict]) -> tuple[Context, WriteRule]:
     return Context(config, Store(tmp_path / "cache"), {"write": rule}), rule
 
 
-def build(ctx: Context, *roots: str) -> RecordingReporter:
+def build(ctx: Context, *roots: str, keep_going: bool = False) -> RecordingReporter:
     reporter = RecordingReporter()
     nodes = [ctx.target_node(Address.parse(r), AMD64) for r in roots]
-    reporter.summary(execute(build_graph(nodes, ctx), ctx, reporter).summary)
+    reporter.summary(execute(build_graph(nodes, ctx), ctx, reporter, keep_going=keep_going).summary)
     return reporter
 
 
@@ -93,10 +93,18 @@ def test_changed_dependency_reruns_its_users_only(tmp_path: Path) -> None:
     assert sorted(rule.runs) == ["//a:app", "//a:lib"]
 
 
+def test_first_failure_stops_the_build_by_default(tmp_path: Path) -> None:
+    ctx, rule = make(tmp_path, {"//a:lib": {"text": "x", "fail": True}, "//a:zzz": {"text": "z"}})
+    reporter = build(ctx, "//a:lib", "//a:zzz")
+    assert ("failed", "//a:lib [linux/amd64]") in reporter.events
+    assert ("skipped", "//a:zzz [linux/amd64]") in reporter.events
+    assert "//a:zzz" not in rule.runs
+
+
 def test_failure_records_nothing_and_skips_dependents(tmp_path: Path) -> None:
     ctx, rule = make(tmp_path, {"//a:lib": {"text": "x", "fail": True}, "//a:app": {"text": "y", "deps": ["//a:lib"]},
                                 "//a:other": {"text": "z"}})
-    reporter = build(ctx, "//a:app", "//a:other")
+    reporter = build(ctx, "//a:app", "//a:other", keep_going=True)
     assert ("failed", "//a:lib [linux/amd64]") in reporter.events
     assert ("skipped", "//a:app [linux/amd64]") in reporter.events
     assert reporter.last_summary is not None and [str(n) for n in reporter.last_summary.executed] == ["//a:other [linux/amd64]"]
@@ -121,3 +129,15 @@ def test_cycle_error_prints_the_path(tmp_path: Path) -> None:
     ctx, _ = make(tmp_path, {"//a:x": {"text": "1", "deps": ["//a:y"]}, "//a:y": {"text": "2", "deps": ["//a:x"]}})
     with pytest.raises(ConfigError, match=r"cycle: //a:\w \[linux/amd64\] -> //a:\w \[linux/amd64\] -> //a:\w"):
         build(ctx, "//a:x")
+
+
+def test_early_nodes_are_ordered_before_other_ready_nodes() -> None:
+    import networkx as nx
+
+    from kaibuild.graph import execution_order
+    from kaibuild.rule import NodeId
+
+    a, b, check, user = (NodeId(x, None) for x in ("//a:a", "//a:b", "zz-check", "//a:user"))
+    graph = nx.DiGraph([(a, user), (check, user), (b, user)])
+    order = execution_order(graph, early=lambda n: n.label.startswith("zz"))
+    assert order[0] == check and order[-1] == user
