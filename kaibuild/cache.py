@@ -2,7 +2,10 @@
 
 Layout under the cache directory:
   cas/sha256/ab/<digest>  every output file, by content, read-only
-  actions/                diskcache: action key -> output record
+  actions/                diskcache: action key -> output record; also
+                          "used:<key>" (last use, for pruning), "last:<node>"
+                          (last key material, for explain), "pin:<image>"
+                          (base image pins), "stat:<path>" (file digests)
   tmp/                    work space of running actions (same filesystem,
                           so finished files are renamed into cas/)
 
@@ -18,6 +21,7 @@ import os
 import shutil
 import stat
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,6 +105,7 @@ class Store:
         record = OutputRecord.from_json(data)
         if not all(self.blob_path(d).is_file() for d in record.files.values()):
             return None  # outputs lost since: treat as a miss so the action reruns
+        self.actions.set(f"used:{key}", time.time())  # for least-recently-used pruning
         return record
 
     def put(self, key: str, record: OutputRecord) -> None:
@@ -108,6 +113,7 @@ class Store:
         if missing:
             raise RuntimeError(f"refusing to record action {key[:12]} with missing outputs: {missing[:3]}")
         self.actions.set(key, record.to_json())
+        self.actions.set(f"used:{key}", time.time())
 
     # --- use of outputs --------------------------------------------------------
     def materialize(self, record: OutputRecord, dest: Path, *, prefix: str = "") -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 from kaibuild import __version__
 from kaibuild.address import Address, matches
 from kaibuild.cache import Store
+from kaibuild.cache_admin import build_lock, cache_stats, parse_size, prune
 from kaibuild.config import Config, load_config
 from kaibuild.context import Context, Options
 from kaibuild.errors import ConfigError, KaibuildError
@@ -61,6 +62,14 @@ def _parser() -> argparse.ArgumentParser:
     graph.add_argument("targets", nargs="*", default=["//..."])
     graph.set_defaults(handler=_graph)
 
+    cache = commands.add_parser("cache", help="inspect or shrink the cache directory")
+    cache_commands = cache.add_subparsers(dest="cache_command", required=True)
+    stats = cache_commands.add_parser("stats", parents=[common], help="entries, bytes, last run's hit rate")
+    stats.set_defaults(handler=_cache_stats)
+    prune = cache_commands.add_parser("prune", parents=[common], help="drop least recently used outputs")
+    prune.add_argument("--max-size", required=True, help="keep at most this much output, e.g. 2G, 500M")
+    prune.set_defaults(handler=_cache_prune)
+
     explain = commands.add_parser("explain", parents=[common], help="why a target would (not) rebuild")
     explain.add_argument("target")
     explain.set_defaults(handler=_explain)
@@ -76,8 +85,9 @@ def _build(args: argparse.Namespace) -> int:
         roots = _roots(args.targets, config, ctx, platforms)
         ctx.docker.check_can_build(platforms)
         graph = build_graph(roots, ctx)
-        result = execute(graph, ctx, reporter, explain=args.explain, keep_going=args.keep_going)
-        _write_artifacts(roots, result, ctx, args.dist or config.workspace / config.dist_dir, reporter)
+        with build_lock(ctx.store):  # a prune waits until no build uses the cache
+            result = execute(graph, ctx, reporter, explain=args.explain, keep_going=args.keep_going)
+            _write_artifacts(roots, result, ctx, args.dist or config.workspace / config.dist_dir, reporter)
         reporter.summary(result.summary)
         return 0 if result.ok else 1
     finally:
@@ -104,6 +114,45 @@ def _graph(args: argparse.Namespace) -> int:
         return 0
     finally:
         ctx.store.close()
+
+
+def _cache_stats(args: argparse.Namespace) -> int:
+    store = Store(_cache_dir(args, args.workspace.resolve()))
+    try:
+        stats = cache_stats(store)
+    finally:
+        store.close()
+    print(f"cache:       {store.root}")
+    print(f"entries:     {stats.entries}")
+    print(f"outputs:     {_size(stats.blob_bytes)}")
+    for name, size in stats.other_bytes.items():
+        print(f"{name + ':':<12} {_size(size)}")
+    if stats.last_run:
+        rate = f"{stats.hit_rate:.0%}" if stats.hit_rate is not None else "n/a"
+        print(f"last run:    {stats.last_run.get('executed', 0)} executed, {stats.last_run.get('cached', 0)} cached "
+              f"(hit rate {rate})")
+    return 0
+
+
+def _cache_prune(args: argparse.Namespace) -> int:
+    max_bytes = parse_size(args.max_size)
+    store = Store(_cache_dir(args, args.workspace.resolve()))
+    try:
+        result = prune(store, max_bytes)
+    finally:
+        store.close()
+    print(f"removed {result.removed_entries} entries ({_size(result.removed_bytes)}); "
+          f"{_size(result.remaining_bytes)} of outputs remain")
+    return 0
+
+
+def _size(count: int) -> str:
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.1f} {unit}" if unit != "B" else f"{count} B"
+        value /= 1024
+    return f"{count} B"
 
 
 def _explain(args: argparse.Namespace) -> int:
@@ -155,11 +204,14 @@ def _setup(args: argparse.Namespace) -> tuple[Config, Context]:
     if not workspace.is_dir():
         raise ConfigError(f"workspace {workspace} is not a directory", where="--workspace")
     config = load_config(workspace, _schemas())
-    cache_dir = args.cache_dir or (Path(os.environ["KAIBUILD_CACHE_DIR"]) if os.environ.get("KAIBUILD_CACHE_DIR")
-                                   else workspace / ".kaibuild" / "cache")
-    store = Store(cache_dir.resolve())
+    store = Store(_cache_dir(args, workspace))
     options = Options(offline=args.offline, verbose=getattr(args, "verbose", False))
     return config, Context(config, store, _rules(), options)
+
+
+def _cache_dir(args: argparse.Namespace, workspace: Path) -> Path:
+    env = os.environ.get("KAIBUILD_CACHE_DIR")
+    return (args.cache_dir or (Path(env) if env else workspace / ".kaibuild" / "cache")).resolve()
 
 
 def _platforms(args: argparse.Namespace, config: Config) -> list[Platform]:

@@ -36,6 +36,7 @@ class Context:
         self.records: dict[NodeId, OutputRecord] = {}  # outputs known so far this run
         self.nodes: dict[NodeId, Node] = {}
         self._restored: set[NodeId] = set()
+        self.memo: dict[str, object] = {}  # per-run values rules share (e.g. a module's file digests)
 
     @cached_property
     def docker(self) -> DockerEngine:

@@ -45,6 +45,10 @@ class DockerfilePlan:
     context_sources: tuple[str, ...]  # build-context COPY/ADD (and RUN bind-mount) sources, expanded
     stages: tuple[str, ...]  # needed stages, in file order
     urls: tuple[str, ...]  # http(s) URLs fetched by ADD or named in RUN lines
+    # The text of the global ARGs and of the needed stages' instructions (no
+    # line numbers, no comments): what a build reads of the Dockerfile, so an
+    # edit to another stage, or a comment, changes no key.
+    instructions: tuple[str, ...] = ()
 
 
 _INSTRUCTIONS = frozenset(
@@ -693,6 +697,8 @@ def analyze_dockerfile(
         context_sources=tuple(found.sources),
         stages=tuple(stage.label for stage in needed),
         urls=tuple(found.urls),
+        instructions=tuple(c.original for c in meta)
+        + tuple(c.original for stage in needed for c in groups[stage.index]),
     )
 
 

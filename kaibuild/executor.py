@@ -78,6 +78,8 @@ def execute(graph: nx.DiGraph, ctx: Context, reporter: Reporter, *, explain: boo
             log_path = ctx.store.root / "logs" / f"{result.keys[node_id]}.log" if node_id in result.keys else None
             reporter.failed(node_id, error, tail, log_path if log_path and log_path.exists() else None)
     summary.seconds = time.monotonic() - started
+    ctx.store.actions.set("stats:last", {"executed": len(summary.executed), "cached": len(summary.cached),
+                                         "failed": len(summary.failed), "time": time.time()})
     return result
 
 
@@ -93,7 +95,7 @@ def _build_one(node: Node, ctx: Context, reporter: Reporter, index: int, total: 
     if record is not None:
         ctx.records[node.id] = result.records[node.id] = record
         result.summary.cached.append(node.id)
-        reporter.cached(node.id, index, total)
+        reporter.cached(node.id, index, total, record.digest)
         _remember(ctx, node.id, key, material)
         return
     if explain:
@@ -120,7 +122,7 @@ def _build_one(node: Node, ctx: Context, reporter: Reporter, index: int, total: 
         shutil.rmtree(work, ignore_errors=True)
     ctx.records[node.id] = result.records[node.id] = record
     result.summary.executed.append(node.id)
-    reporter.finished(node.id, time.monotonic() - begun)
+    reporter.finished(node.id, time.monotonic() - begun, record.digest)
     _remember(ctx, node.id, key, material)
 
 

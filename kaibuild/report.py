@@ -62,8 +62,8 @@ class Reporter:
 
     def planned(self, nodes: list[NodeId]) -> None: ...
     def started(self, node: NodeId, index: int, total: int) -> None: ...
-    def cached(self, node: NodeId, index: int, total: int) -> None: ...
-    def finished(self, node: NodeId, seconds: float) -> None: ...
+    def cached(self, node: NodeId, index: int, total: int, digest: str = "") -> None: ...
+    def finished(self, node: NodeId, seconds: float, digest: str = "") -> None: ...
     def failed(self, node: NodeId, error: Exception, log_tail: str, log_path: Path | None) -> None: ...
     def skipped(self, node: NodeId, reason: str) -> None: ...
     def explained(self, node: NodeId, lines: list[str]) -> None: ...
@@ -87,10 +87,10 @@ class ConsoleReporter(Reporter):
         self._started[node] = time.monotonic()
         self._say(f"[{index}/{total}] running  {node} ...")
 
-    def cached(self, node: NodeId, index: int, total: int) -> None:
+    def cached(self, node: NodeId, index: int, total: int, digest: str = "") -> None:
         self._say(f"[{index}/{total}] cached   {node}")
 
-    def finished(self, node: NodeId, seconds: float) -> None:
+    def finished(self, node: NodeId, seconds: float, digest: str = "") -> None:
         self._say(f"      done     {node} ({seconds:.1f}s)")
 
     def failed(self, node: NodeId, error: Exception, log_tail: str, log_path: Path | None) -> None:
@@ -130,11 +130,11 @@ class JsonLinesReporter(Reporter):
     def started(self, node: NodeId, index: int, total: int) -> None:
         self._emit("started", node=str(node), index=index, total=total)
 
-    def cached(self, node: NodeId, index: int, total: int) -> None:
-        self._emit("cached", node=str(node), index=index, total=total)
+    def cached(self, node: NodeId, index: int, total: int, digest: str = "") -> None:
+        self._emit("cached", node=str(node), index=index, total=total, digest=digest)
 
-    def finished(self, node: NodeId, seconds: float) -> None:
-        self._emit("finished", node=str(node), seconds=round(seconds, 3))
+    def finished(self, node: NodeId, seconds: float, digest: str = "") -> None:
+        self._emit("finished", node=str(node), seconds=round(seconds, 3), digest=digest)
 
     def failed(self, node: NodeId, error: Exception, log_tail: str, log_path: Path | None) -> None:
         self._emit("failed", node=str(node), error=str(error), log_tail=log_tail, log=str(log_path or ""))
@@ -160,7 +160,7 @@ class RecordingReporter(Reporter):
     def started(self, node: NodeId, index: int, total: int) -> None:
         self.events.append(("started", str(node)))
 
-    def cached(self, node: NodeId, index: int, total: int) -> None:
+    def cached(self, node: NodeId, index: int, total: int, digest: str = "") -> None:
         self.events.append(("cached", str(node)))
 
     def failed(self, node: NodeId, error: Exception, log_tail: str, log_path: Path | None) -> None:

@@ -65,9 +65,8 @@ class DockerImageRule(Rule):
         sources = [s for s in plan.context_sources if s.strip("/") not in provided]
         context = self._context_dir(node, ctx)
         files = select_context_files(context, sources) if sources else []
-        dockerfile = ctx.workspace / node.settings["dockerfile"]
         return {
-            "dockerfile": ctx.digests.digest(dockerfile),
+            "dockerfile": list(plan.instructions),
             "context_files": ctx.digests.tree(context, files),
             "build_args": self._build_args(node),
             "stage": node.settings.get("stage"),

@@ -18,12 +18,13 @@ from kaibuild.address import Address
 from kaibuild.cache import OutputRecord
 from kaibuild.context import Context
 from kaibuild.errors import ConfigError, PlatformMismatch
+from kaibuild.fingerprint import key_of
 from kaibuild.image_archive import elf_arch
 from kaibuild.platform import Platform
 from kaibuild.report import ActionLog
 from kaibuild.rule import Node, Rule, RunResult
 from rules.docker_image import image_name
-from rules.gotool import list_packages, vendor_view
+from rules.gotool import go_version, list_packages, module_fingerprint, vendor_view
 
 _FILE_LISTS = ("GoFiles", "CgoFiles", "CFiles", "CXXFiles", "HFiles", "SFiles", "SysoFiles", "EmbedFiles")
 
@@ -51,12 +52,7 @@ class GoBinaryRule(Rule):
 
     def inputs(self, node: Node, ctx: Context, deps: dict[str, OutputRecord]) -> dict[str, Any]:
         env = self._go_env(node)
-        scratch = ctx.store.temp_dir("golist-")
-        try:
-            packages = list_packages(ctx.workspace, vendor_view(ctx.store, deps["vendor"]), node.settings["package"],
-                                     env | self._tag_env(node), scratch)
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+        packages = self._packages(node, ctx, deps["vendor"], env | self._tag_env(node))
         files = []
         for pkg in packages:
             if pkg.get("Standard") or not (pkg.get("Module") or {}).get("Main"):
@@ -103,6 +99,22 @@ class GoBinaryRule(Rule):
         return RunResult(out, {"arch": arch})
 
     # --- helpers -----------------------------------------------------------------
+    def _packages(self, node: Node, ctx: Context, vendor: OutputRecord, env: dict[str, str]) -> list[dict]:
+        """`go list -deps` of the package, reused while no .go file of the
+        module, go.mod, the vendor tree, the Go version or the env changed."""
+        memo_key = key_of({"module": module_fingerprint(ctx), "vendor": vendor.digest, "env": env,
+                           "package": node.settings["package"], "go": go_version()})
+        cached = ctx.store.actions.get(f"golist:{memo_key}")
+        if cached is not None:
+            return cached
+        scratch = ctx.store.temp_dir("golist-")
+        try:
+            packages = list_packages(ctx.workspace, vendor_view(ctx.store, vendor), node.settings["package"], env, scratch)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        ctx.store.actions.set(f"golist:{memo_key}", packages)
+        return packages
+
     def _go_env(self, node: Node) -> dict[str, str]:
         platform = _platform(node)
         env = {"GOOS": platform.os, "GOARCH": platform.arch,

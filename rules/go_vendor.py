@@ -35,7 +35,12 @@ class GoVendorRule(Rule):
         ws = ctx.workspace
         imports: set[str] = set()
         for rel in module_go_files(ws):
-            imports |= imports_of((ws / rel).read_text(errors="replace"))
+            digest = ctx.digests.digest(ws / rel)  # stat-cached: unchanged files are not read
+            found = ctx.store.actions.get(f"imports:{digest}")
+            if found is None:
+                found = sorted(imports_of((ws / rel).read_text(errors="replace")))
+                ctx.store.actions.set(f"imports:{digest}", found)
+            imports.update(found)
         module = ctx.go_module
         external = sorted(p for p in imports if "." in p.split("/")[0] and p != module and not p.startswith(module + "/"))
         return {

@@ -10,9 +10,14 @@ import shutil
 import subprocess
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kaibuild.cache import OutputRecord, Store
 from kaibuild.errors import ActionFailed, KaibuildError
+from kaibuild.fingerprint import key_of
+
+if TYPE_CHECKING:
+    from kaibuild.context import Context
 
 # Directories `go` never treats as packages of the main module, plus our own.
 SKIPPED_DIRS = {"vendor", "testdata", ".git", ".kaibuild", "dist", "bin", "node_modules"}
@@ -56,6 +61,16 @@ def module_go_files(workspace: Path) -> list[str]:
                          and not (here / d / "go.mod").exists())
         found.extend((here / f).relative_to(workspace).as_posix() for f in sorted(files) if f.endswith(".go"))
     return found
+
+
+def module_fingerprint(ctx: Context) -> str:
+    """One digest over go.mod, go.sum and every .go file of the main module,
+    computed once per run (file digests come from the stat cache)."""
+    found = ctx.memo.get("go-module-fingerprint")
+    if found is None:
+        files = [f for f in ("go.mod", "go.sum") if (ctx.workspace / f).exists()] + module_go_files(ctx.workspace)
+        found = ctx.memo["go-module-fingerprint"] = key_of(ctx.digests.tree(ctx.workspace, files))
+    return str(found)
 
 
 _IMPORT_BLOCK = re.compile(r"^import\s*\((.*?)\)", re.S | re.M)

@@ -8,6 +8,9 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,3 +75,78 @@ def docker_env() -> dict[str, str]:
         pytest.fail("integration environment missing: " + "; ".join(problems)
                     + " -- run 'source scripts/dev-env.sh' (or bash scripts/test.sh)")
     return {"registry": os.environ["KAIBUILD_TEST_REGISTRY"]}
+
+
+def clone_cache(source: Path, dest: Path) -> Path:
+    """A copy of a cache directory as CI would restore it: blobs hard-linked
+    (they are read-only), everything else copied."""
+    dest.mkdir(parents=True)
+    for entry in source.iterdir():
+        if entry.name == "cas":
+            subprocess.run(["cp", "-al", str(entry), str(dest / "cas")], check=True)
+        elif entry.name not in ("tmp", "views"):
+            if entry.is_dir():
+                shutil.copytree(entry, dest / entry.name)
+            else:
+                shutil.copy2(entry, dest / entry.name)
+    return dest
+
+
+WARM_TARGETS = ("//services:scheduler", "//services:binder")
+
+
+@pytest.fixture(scope="session")
+def warm(tmp_path_factory: pytest.TempPathFactory, docker_env: dict) -> tuple[Path, Path]:
+    """kai-mini with scheduler and binder built for linux/amd64 once per
+    session: (workspace, cache). Tests copy both before changing anything."""
+    root = tmp_path_factory.mktemp("warm")
+    ws = copy_kai_mini(root / "kai-mini")
+    run = kaibuild(ws, "build", *WARM_TARGETS, "--platform", "linux/amd64", cache_dir=root / "cache")
+    assert run.returncode == 0, run.stderr
+    return ws, root / "cache"
+
+
+@pytest.fixture
+def warm_copy(warm: tuple[Path, Path], tmp_path: Path) -> tuple[Path, Path]:
+    ws, cache = warm
+    return copy_kai_mini_from(ws, tmp_path / "kai-mini"), clone_cache(cache, tmp_path / "cache")
+
+
+def copy_kai_mini_from(source: Path, dest: Path) -> Path:
+    """Copy a workspace keeping file times, as a CI checkout of the same tree."""
+    shutil.copytree(source, dest, ignore=_GENERATED)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def second_engine(tmp_path_factory: pytest.TempPathFactory, docker_env: dict) -> Iterator[dict[str, str]]:
+    """A second, empty Docker engine on this machine (a fresh CI runner's).
+
+    It has its own data and socket, no bridge network (its builds need
+    none), and reaches the same loopback registry.
+    """
+    root = Path(tempfile.mkdtemp(prefix="kb-engine2-", dir="/var/tmp"))
+    sock = root / "docker.sock"
+    config = root / "daemon.json"
+    config.write_text(json.dumps({"features": {"containerd-snapshotter": True}}))
+    log = open(root / "dockerd.log", "w")
+    process = subprocess.Popen(
+        ["dockerd", "--config-file", str(config), "--data-root", str(root / "data"), "--exec-root", str(root / "exec"),
+         "--pidfile", str(root / "docker.pid"), "--host", f"unix://{sock}", "--bridge", "none", "--iptables=false"],
+        stdout=log, stderr=subprocess.STDOUT)
+    env = {"DOCKER_HOST": f"unix://{sock}"}
+    for _ in range(60):
+        if subprocess.run(["docker", "info"], capture_output=True, env={**os.environ, **env}).returncode == 0:
+            break
+        time.sleep(1)
+    else:
+        process.terminate()
+        pytest.fail(f"second dockerd did not start; see {root / 'dockerd.log'}")
+    yield env
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+    subprocess.run(["umount", "-R", str(root / "exec")], capture_output=True)
+    shutil.rmtree(root, ignore_errors=True)

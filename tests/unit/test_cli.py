@@ -24,3 +24,22 @@ def test_list_shows_one_target_per_service(tmp_path: Path, capsys: pytest.Captur
     assert main(["list", "--workspace", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "//services:scheduler\tdocker_image" in out and "//services:binder-bin\tgo_binary" in out
+
+
+def test_cache_stats_and_prune_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from kaibuild.cache import OutputRecord, Store
+
+    store = Store(tmp_path / "c")
+    out = store.temp_dir("t-")
+    (out / "f").write_text("x" * 1000)
+    files, executable = store.put_tree(out)
+    store.put("a" * 64, OutputRecord(files=files, executable=executable))
+    store.actions.set("stats:last", {"executed": 1, "cached": 3})
+    store.close()
+    assert main(["cache", "stats", "--workspace", str(tmp_path), "--cache-dir", str(tmp_path / "c")]) == 0
+    text = capsys.readouterr().out
+    assert "entries:     1" in text and "1000 B" in text and "hit rate 75%" in text
+    assert main(["cache", "prune", "--max-size", "0", "--workspace", str(tmp_path), "--cache-dir", str(tmp_path / "c")]) == 0
+    assert "removed 1 entries" in capsys.readouterr().out
+    assert main(["cache", "prune", "--max-size", "lots", "--workspace", str(tmp_path), "--cache-dir", str(tmp_path / "c")]) == 2
+    assert "--max-size" in capsys.readouterr().err

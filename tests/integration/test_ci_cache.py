@@ -1,0 +1,55 @@
+"""The cache directory is all a fresh CI runner needs: restored on a second,
+empty Docker engine, an unchanged tree executes nothing and a change
+executes only what it affects, with images restored from the cache."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import WARM_TARGETS, kaibuild
+
+pytestmark = pytest.mark.docker
+
+
+def test_restored_cache_on_an_empty_engine(warm_copy: tuple[Path, Path], warm: tuple[Path, Path],
+                                           second_engine: dict[str, str]) -> None:
+    ws, cache = warm_copy
+    images = subprocess.run(["docker", "images", "-q"], capture_output=True, text=True, check=True,
+                            env={"PATH": "/usr/local/bin:/usr/bin:/bin", **second_engine}).stdout
+    assert images.strip() == ""  # the runner's engine starts empty
+
+    first = kaibuild(warm[0], "build", *WARM_TARGETS, "--platform", "linux/amd64", cache_dir=warm[1])
+    again = kaibuild(ws, "build", *WARM_TARGETS, "--platform", "linux/amd64", cache_dir=cache, env=second_engine)
+    assert again.returncode == 0, again.stderr
+    assert again.summary["executed"] == 0
+    digests = {e["node"]: e["digest"] for e in again.events if e["event"] == "cached"}
+    assert digests == {e["node"]: e["digest"] for e in first.events if e["event"] == "cached"}
+    assert (ws / "dist" / "linux_amd64" / "scheduler.tar").read_bytes() == (warm[0] / "dist" / "linux_amd64" / "scheduler.tar").read_bytes()
+
+    scheduler = ws / "pkg" / "scheduler" / "scheduler.go"
+    scheduler.write_text(scheduler.read_text().replace('"kai-mini-scheduler"', '"kai-mini-scheduler-ci"'))
+    changed = kaibuild(ws, "build", *WARM_TARGETS, "--platform", "linux/amd64", cache_dir=cache, env=second_engine)
+    assert changed.returncode == 0, changed.stderr
+    assert changed.nodes("finished") == {"//services:scheduler-bin [linux/amd64]", "//services:scheduler [linux/amd64]"}
+    # The builder and base image were loaded into the empty engine from the cache, not rebuilt or pulled.
+    names = subprocess.run(["docker", "images", "--format", "{{.Repository}}"], capture_output=True, text=True, check=True,
+                           env={"PATH": "/usr/local/bin:/usr/bin:/bin", **second_engine}).stdout.split()
+    assert "kaibuild.local/build/builder" in names
+    assert "kaibuild.local/nvcr.io/nvidia/distroless/go" in names
+
+
+def test_image_removed_behind_kaibuilds_back_is_restored_not_rebuilt(warm_copy: tuple[Path, Path]) -> None:
+    ws, cache = warm_copy
+    builder = [n for n in subprocess.run(["docker", "images", "--format", "{{.Repository}}:{{.Tag}}"], capture_output=True,
+                                         text=True, check=True).stdout.split() if n.startswith("kaibuild.local/build/builder:")]
+    for name in builder:
+        subprocess.run(["docker", "rmi", "-f", name], capture_output=True, check=True)
+    binder = ws / "cmd" / "binder" / "main.go"
+    binder.write_text(binder.read_text().replace('"binder"', '"binder-restored"'))
+    run = kaibuild(ws, "build", "//services:binder", "--platform", "linux/amd64", cache_dir=cache)
+    assert run.returncode == 0, run.stderr
+    assert "//build:builder [linux/amd64]" in run.nodes("cached")
+    assert run.nodes("finished") == {"//services:binder-bin [linux/amd64]", "//services:binder [linux/amd64]"}
