@@ -168,7 +168,8 @@ def _explain(args: argparse.Namespace) -> int:
             rule = ctx.rules[node.kind]
             deps = {role: ctx.records[d] for role, d in node.deps.items() if d in ctx.records}
             if len(deps) != len(node.deps):
-                print(f"{node_id}: a dependency has no cached output yet: it will build")
+                pending = next(d for d in node.deps.values() if d not in ctx.records)
+                print(f"{node_id}: depends on {pending}, which will rebuild; this rebuilds too if that output changes")
                 continue
             material = action_key_material(node, ctx, rule.inputs(node, ctx, deps))
             lines = explain_change(ctx, node_id, material)

@@ -142,6 +142,9 @@ class JsonLinesReporter(Reporter):
     def skipped(self, node: NodeId, reason: str) -> None:
         self._emit("skipped", node=str(node), reason=reason)
 
+    def explained(self, node: NodeId, lines: list[str]) -> None:
+        self._emit("explained", node=str(node), reasons=lines)
+
     def artifact(self, node: NodeId, path: Path) -> None:
         self._emit("artifact", node=str(node), path=str(path))
 

@@ -37,16 +37,27 @@ def go_version() -> str:
                           env=clean_env(), check=True).stdout.strip()
 
 
+# Go settings that say where modules come from: kept from the user's setup
+# (environment or `go env -w`), since they do not change what is built.
+_MODULE_SOURCE_VARS = ("GOPROXY", "GONOPROXY", "GOPRIVATE", "GONOSUMDB", "GOSUMDB", "GOINSECURE", "GOMODCACHE")
+
+
+@cache
+def _module_source_settings() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GOFLAGS")}
+    done = subprocess.run([go_command(), "env", "-json", *_MODULE_SOURCE_VARS], capture_output=True, text=True, env=env)
+    values = json.loads(done.stdout) if done.returncode == 0 and done.stdout.strip() else {}
+    return {k: v for k, v in values.items() if v}
+
+
 def clean_env(**extra: str) -> dict[str, str]:
-    """The host environment minus every Go setting the project may have
-    exported (GOFLAGS=-mod=vendor, GOOS, ...), so kaibuild's Go commands
-    behave the same whatever the shell had (field case C4)."""
+    """The host environment with no Go setting of the project's: no
+    GOFLAGS=-mod=vendor, GOOS, GOBIN..., whether exported or set with
+    `go env -w` (GOENV=off), so kaibuild's Go commands behave the same
+    whatever the shell had (field case C4). Where modules come from is kept."""
     env = {k: v for k, v in os.environ.items() if not (k.startswith("GO") or k.startswith("CGO_"))}
-    for keep in ("GOPROXY", "GONOSUMDB", "GONOSUMCHECK", "GOPRIVATE", "GONOPROXY", "GOSUMDB", "GOMODCACHE", "GOPATH",
-                 "GOCACHE", "GOINSECURE"):
-        if keep in os.environ:
-            env[keep] = os.environ[keep]
-    env.update({"GOTOOLCHAIN": "local", "GOWORK": "off", "GOFLAGS": ""})
+    env.update(_module_source_settings())
+    env.update({"GOENV": "off", "GOTOOLCHAIN": "local", "GOWORK": "off", "GOFLAGS": ""})
     env.update(extra)
     return env
 

@@ -77,6 +77,21 @@ def test_01_go_file_only_the_scheduler_compiles(suite: dict) -> None:
     assert executed(build(suite)) == {S_BIN, S_IMG}
 
 
+def test_01b_explain_names_the_changed_file_before_and_during_the_build(suite: dict) -> None:
+    edit(suite["ws"] / "pkg/scheduler/scheduler.go", '"kai-mini-scheduler-v2"', '"kai-mini-scheduler-v3"')
+    explain = kaibuild(suite["ws"], "explain", "//services:scheduler-bin", "--platform", "linux/amd64", cache_dir=suite["cache"])
+    assert explain.returncode == 0, explain.stderr
+    assert f"{S_BIN}: will rebuild" in explain.stdout
+    assert "changed inputs.files.pkg/scheduler/scheduler.go" in explain.stdout
+    assert "//build:vendor: cached" in explain.stdout
+    run = kaibuild(suite["ws"], "build", "//services:scheduler", "--platform", "linux/amd64", "--explain", cache_dir=suite["cache"])
+    reasons = {e["node"]: e["reasons"] for e in run.events if e["event"] == "explained"}
+    assert any("pkg/scheduler/scheduler.go" in r for r in reasons[S_BIN])
+    assert any(r.startswith("changed deps.input://services:scheduler-bin") for r in reasons[S_IMG])
+    edit(suite["ws"] / "pkg/scheduler/scheduler.go", '"kai-mini-scheduler-v3"', '"kai-mini-scheduler-v2"')
+    build(suite)
+
+
 def test_02_reverting_an_edit_executes_nothing(suite: dict) -> None:
     edit(suite["ws"] / "pkg/scheduler/scheduler.go", '"kai-mini-scheduler-v2"', '"kai-mini-scheduler"')
     assert executed(build(suite)) == set()  # both keys are back to ones already in the cache

@@ -1,0 +1,351 @@
+"""download: one pinned file for one platform (kubectl, envtest's etcd...).
+
+The URL may hold {os}, {arch} and {version}; `sha256` pins the downloaded
+bytes per platform ("linux/amd64" = "<hex>"). Bytes come, in this order,
+from a local file in KAIBUILD_DOWNLOAD_DIR (named `<output basename>-<os>-<arch>`
+or like the URL's last path segment), from `mirrors` (base URLs that replace
+the URL's scheme and host), or from the URL itself; offline, only from a
+local file. Network bytes are always checked against the pin before
+anything is placed in the output; a local file without a pin is accepted
+with a warning and its digest recorded.
+
+The key covers the expanded URL, the pin for this platform, the archive
+member and the digest of a local file if one is used, so the same pinned
+bytes from a mirror or the origin share one cached output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import posixpath
+import re
+import shutil
+import string
+import sys
+import tarfile
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kaibuild.cache import OutputRecord
+from kaibuild.context import Context
+from kaibuild.errors import ActionFailed, ConfigError, KaibuildError, PlatformMismatch
+from kaibuild.image_archive import elf_arch
+from kaibuild.platform import Platform
+from kaibuild.report import ActionLog
+from kaibuild.rule import Node, Rule, RunResult
+
+DOWNLOAD_DIR_ENV = "KAIBUILD_DOWNLOAD_DIR"
+TIMEOUT_SECONDS = 30
+_CHUNK = 1 << 20
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_URL_PLACEHOLDERS = ("os", "arch", "variant", "version")
+
+
+@dataclass(frozen=True)
+class Source:
+    """One place to get the bytes from: kind is "local", "mirror" or "origin"."""
+
+    kind: str
+    location: str  # a file path for "local", a URL otherwise
+    extracted: bool = False  # a local file that already is the archive member (no pin applies)
+
+
+# --- pure helpers (unit-tested) ---------------------------------------------------
+
+
+def expand(template: str, platform: Platform, version: str | None, *, what: str = "url", where: str = "") -> str:
+    """Fill {os}, {arch}, {variant} and {version} from the platform and the version setting."""
+    values = {"os": platform.os, "arch": platform.arch, "variant": platform.variant}
+    if version is not None:
+        values["version"] = version
+    try:
+        fields = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError as error:
+        raise ConfigError(f"{what} {template!r} is malformed: {error}", where=where) from None
+    for name in fields:
+        if name == "version" and version is None:
+            raise ConfigError(f"{what} {template!r} uses {{version}} but the target sets no version", where=where,
+                              fix='add version = "..." to the target')
+        if name not in values:
+            raise ConfigError(f"unknown placeholder {{{name}}} in {what} {template!r}", where=where,
+                              fix=f"use only {', '.join('{' + p + '}' for p in _URL_PLACEHOLDERS)}")
+    return template.format(**values)
+
+
+def mirror_urls(url: str, mirrors: list[str]) -> list[str]:
+    """The URL with its scheme and host replaced by each mirror base, in order."""
+    parts = urllib.parse.urlsplit(url)
+    rest = urllib.parse.urlunsplit(("", "", parts.path, parts.query, ""))
+    if not rest.startswith("/"):
+        rest = "/" + rest
+    return [mirror.rstrip("/") + rest for mirror in mirrors]
+
+
+def url_basename(url: str) -> str:
+    return posixpath.basename(urllib.parse.urlsplit(url).path)
+
+
+def local_names(output: str, url: str, platform: Platform, *, archive: bool) -> list[tuple[str, bool]]:
+    """File names a local copy may have, in order of preference, each with
+    whether it is already the extracted archive member.
+
+    `<output basename>-<os>-<arch>` is the output file itself; the URL's
+    basename is what the URL serves (the archive, for an archive member).
+    """
+    names = [(f"{posixpath.basename(output)}-{platform.os}-{platform.arch}", archive)]
+    base = url_basename(url)
+    if base and base != names[0][0]:
+        names.append((base, False))
+    return names
+
+
+def plan_sources(url: str, mirrors: list[str], local: Source | None, offline: bool) -> list[Source]:
+    """Where to try for the bytes, in order: a local file wins outright; then
+    the mirrors and the origin, unless offline (no network at all)."""
+    if local is not None:
+        return [local]
+    if offline:
+        return []
+    return [Source("mirror", m) for m in mirror_urls(url, mirrors)] + [Source("origin", url)]
+
+
+def is_archive_url(url: str) -> bool:
+    path = urllib.parse.urlsplit(url).path
+    return path.endswith((".tar.gz", ".tgz", ".tar", ".tar.xz", ".tar.bz2"))
+
+
+# --- the rule -----------------------------------------------------------------------
+
+
+class DownloadRule(Rule):
+    kind = "download"
+    version = 1
+    settings = {
+        "url": str,  # may hold {os}, {arch}, {version}
+        "sha256": dict,  # {"linux/amd64": "<hex>"}: of the downloaded file (the archive, with archive_member)
+        "version": str,
+        "output": str,  # relative path in the output, may hold {os}/{arch}
+        "executable": bool,  # default true: mode 0755 and an ELF arch check
+        "archive_member": str,  # extract this member of a tar(.gz) download
+        "mirrors": list,  # base URLs replacing the URL's scheme://host, tried first
+    }
+    required = frozenset({"url", "output"})
+
+    def expand(self, node: Node, ctx: Context) -> list[Node]:
+        missing = sorted(self.required - set(node.settings))
+        if missing:
+            raise ConfigError(f"download target {node.id.label} has no {', '.join(missing)}", where=node.where,
+                              fix='e.g. url = "https://dl.k8s.io/release/v{version}/bin/{os}/{arch}/kubectl", output = "kubectl"')
+        url = self._url(node)
+        scheme = urllib.parse.urlsplit(url).scheme
+        if scheme not in ("http", "https"):
+            raise ConfigError(f"url {url!r} must be http(s)", where=f"{node.where} (url)")
+        for mirror in self._mirrors(node):
+            if urllib.parse.urlsplit(mirror).scheme not in ("http", "https") or not urllib.parse.urlsplit(mirror).netloc:
+                raise ConfigError(f"mirror {mirror!r} is not an http(s) base URL", where=f"{node.where} (mirrors)",
+                                  fix='e.g. mirrors = ["http://mirror.example:8080/dl.k8s.io"]')
+        self._pins(node)
+        self._output(node)
+        return []
+
+    def inputs(self, node: Node, ctx: Context, deps: dict[str, OutputRecord]) -> dict[str, Any]:
+        url = self._url(node)
+        local = self._local(node)
+        return {
+            "url": url,
+            "sha256": self._pins(node).get(str(_platform(node))),
+            "member": node.settings.get("archive_member"),
+            "local": ctx.digests.digest(Path(local.location)) if local else None,
+        }
+
+    def run(self, node: Node, ctx: Context, deps: dict[str, OutputRecord], inputs: dict[str, Any],
+            work: Path, log: ActionLog) -> RunResult:
+        platform = _platform(node)
+        url, pin, member = inputs["url"], inputs["sha256"], inputs["member"]
+        local = self._local(node)
+        sources = plan_sources(url, self._mirrors(node), local, ctx.options.offline)
+        if not sources:  # offline and no local file
+            name = local_names(self._output(node), url, platform, archive=bool(member))[-1][0]
+            raise KaibuildError(
+                f"{node.id}: {url} is not available offline (no local copy) and --offline forbids the network",
+                where=node.where,
+                fix=f"put {name} in a directory named by {DOWNLOAD_DIR_ENV}, or export an offline bundle with network access first")
+        if local is None and pin is None:
+            raise ActionFailed(f"no sha256 pinned for {platform} in {node.where}; refusing to use unverified bytes from {url}",
+                               where=str(node.id),
+                               fix=f'add "{platform}" = "<sha256 of the file>" to the target\'s sha256 table in kaibuild.toml '
+                                   f"(or supply the file through {DOWNLOAD_DIR_ENV})")
+        fetched, source, digest = self._fetch(node, sources, work, log)
+        if source.kind == "local":
+            if digest != inputs["local"]:
+                raise ActionFailed(f"local file {source.location} changed while building", where=str(node.id),
+                                   fix="run the build again")
+            if pin is None or source.extracted:
+                why = "no sha256 is pinned for it" if pin is None else "the pin is of the archive, this is the extracted member"
+                message = (f"kaibuild: warning: {node.id}: using local file {source.location} unverified ({why}); "
+                           f"its sha256 is {digest}\n")
+                sys.stderr.write(message)
+                log.write(message)
+        if pin is not None and not source.extracted and digest != pin:
+            raise ActionFailed(f"sha256 mismatch for {_describe(source)}: expected {pin}, got {digest}",
+                               where=str(node.id),
+                               fix="the file is not the pinned one: check the URL/version, the mirror or the local file; "
+                                   "update the pin in kaibuild.toml only if the new file is trusted")
+        if member and not source.extracted:
+            fetched = _extract(fetched, member, work, source, node)
+        executable = node.settings.get("executable", True)
+        if executable:
+            _check_arch(fetched, platform, source, node)
+        output = self._output(node)
+        out = work / "out"
+        (out / output).parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(fetched, 0o755 if executable else 0o644)
+        os.replace(fetched, out / output)  # only verified bytes ever reach out/
+        return RunResult(out, {"url": url, "sha256": digest, "source": source.kind})
+
+    def artifact(self, node: Node, record: OutputRecord) -> tuple[str, str] | None:
+        output = self._output(node)
+        return output, posixpath.basename(output)
+
+    # --- helpers -----------------------------------------------------------------
+    def _url(self, node: Node) -> str:
+        return expand(node.settings["url"], _platform(node), node.settings.get("version"), where=f"{node.where} (url)")
+
+    def _output(self, node: Node) -> str:
+        path = expand(node.settings["output"], _platform(node), node.settings.get("version"), what="output",
+                      where=f"{node.where} (output)")
+        if not path or path.startswith("/") or ".." in Path(path).parts or path.endswith("/"):
+            raise ConfigError(f"output {path!r} must be a relative file path", where=f"{node.where} (output)",
+                              fix='e.g. output = "kubectl" or "bin/etcd"')
+        return path
+
+    def _mirrors(self, node: Node) -> list[str]:
+        mirrors = node.settings.get("mirrors", [])
+        if not all(isinstance(m, str) for m in mirrors):
+            raise ConfigError("mirrors must be a list of base URL strings", where=f"{node.where} (mirrors)")
+        return mirrors
+
+    def _pins(self, node: Node) -> dict[str, str]:
+        pins: dict[str, str] = {}
+        for text, digest in node.settings.get("sha256", {}).items():
+            where = f"{node.where} (sha256.{text})"
+            try:
+                platform = Platform.parse(text)
+            except ConfigError as error:
+                raise ConfigError(error.message, where=where, fix=error.fix) from None
+            if not isinstance(digest, str) or not _HEX64.match(digest.lower().removeprefix("sha256:")):
+                raise ConfigError(f"sha256 for {text} must be 64 hex digits, not {digest!r}", where=where)
+            pins[str(platform)] = digest.lower().removeprefix("sha256:")
+        return pins
+
+    def _local(self, node: Node) -> Source | None:
+        """The local copy in KAIBUILD_DOWNLOAD_DIR, if there is one."""
+        directory = os.environ.get(DOWNLOAD_DIR_ENV)
+        if not directory:
+            return None
+        if not Path(directory).is_dir():
+            raise ConfigError(f"{DOWNLOAD_DIR_ENV}={directory} is not a directory", where=DOWNLOAD_DIR_ENV,
+                              fix="point it at the directory holding the downloads, or unset it")
+        member = node.settings.get("archive_member")
+        for name, extracted in local_names(self._output(node), self._url(node), _platform(node), archive=bool(member)):
+            path = Path(directory) / name
+            if path.is_file():
+                return Source("local", str(path.resolve()), extracted)
+        return None
+
+    def _fetch(self, node: Node, sources: list[Source], work: Path, log: ActionLog) -> tuple[Path, Source, str]:
+        """The bytes of the first source that delivers, in a temp file under work, and their sha256."""
+        failures = []
+        for source in sources:
+            handle, name = tempfile.mkstemp(prefix="download-", suffix=".part", dir=work)
+            part = Path(name)
+            digest = hashlib.sha256()
+            try:
+                with os.fdopen(handle, "wb") as sink:
+                    if source.kind == "local":
+                        log.write(f"using local file {source.location}")
+                        with open(source.location, "rb") as stream:
+                            _copy(stream, sink, digest)
+                    else:
+                        log.write(f"GET {source.location}")
+                        request = urllib.request.Request(source.location, headers={"User-Agent": "kaibuild"})
+                        with urllib.request.urlopen(request, timeout=TIMEOUT_SECONDS) as stream:
+                            _copy(stream, sink, digest)
+            except (OSError, http.client.HTTPException, ValueError) as error:
+                part.unlink(missing_ok=True)
+                reason = _reason(error)
+                log.write(f"  failed: {reason}")
+                failures.append(f"{_describe(source)}: {reason}")
+                if source.kind == "local":
+                    raise ActionFailed(f"cannot read {source.location}: {reason}", where=str(node.id)) from None
+                continue
+            return part, source, digest.hexdigest()
+        url = sources[-1].location
+        raise ActionFailed(f"could not download {url}: " + "; ".join(failures), where=str(node.id),
+                           fix=f"check network access and the mirrors, or put the file in {DOWNLOAD_DIR_ENV}")
+
+
+def _platform(node: Node) -> Platform:
+    assert node.id.platform is not None, "downloads are always for one platform"
+    return node.id.platform
+
+
+def _describe(source: Source) -> str:
+    return f"local file {source.location}" if source.kind == "local" else f"{source.kind} {source.location}"
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, urllib.error.HTTPError):
+        return f"HTTP {error.code} {error.reason}"
+    if isinstance(error, urllib.error.URLError):
+        return str(error.reason)
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+
+
+def _copy(stream: Any, sink: Any, digest: Any) -> None:
+    while chunk := stream.read(_CHUNK):
+        digest.update(chunk)
+        sink.write(chunk)
+
+
+def _extract(archive: Path, member: str, work: Path, source: Source, node: Node) -> Path:
+    """The member's bytes, in a temp file under work (the archive is removed)."""
+    wanted = member.removeprefix("./")
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            info = next((m for m in tar if m.name.removeprefix("./") == wanted), None)
+            if info is None:
+                raise ActionFailed(f"{_describe(source)} has no member {member}", where=str(node.id),
+                                   fix="check archive_member (list the archive with 'tar tzf')")
+            stream = tar.extractfile(info)
+            if stream is None:
+                raise ActionFailed(f"member {member} of {_describe(source)} is not a file", where=str(node.id))
+            handle, name = tempfile.mkstemp(prefix="member-", dir=work)
+            with os.fdopen(handle, "wb") as sink, stream:
+                shutil.copyfileobj(stream, sink, _CHUNK)
+    except (tarfile.TarError, OSError, EOFError) as error:
+        raise ActionFailed(f"cannot read {_describe(source)} as a tar archive: {error}", where=str(node.id),
+                           fix="archive_member needs a .tar, .tar.gz, .tar.xz or .tar.bz2 download") from None
+    finally:
+        archive.unlink(missing_ok=True)
+    return Path(name)
+
+
+def _check_arch(path: Path, platform: Platform, source: Source, node: Node) -> None:
+    with open(path, "rb") as handle:
+        head = handle.read(64)
+    if head.startswith(b"#!"):
+        return  # a script runs on any arch
+    arch = elf_arch(head)
+    if arch != platform.arch:
+        raise PlatformMismatch(f"{node.id.label}: {_describe(source)} is {'an ' + arch if arch else 'not an ELF'} "
+                               f"binary, expected {platform.arch} for {platform}", where=node.where,
+                               fix="check the {os}/{arch} placeholders of the url, or the local file; "
+                                   "set executable = false for a file that is not a program")

@@ -1,0 +1,414 @@
+"""The download rule, against a local HTTP server (no Docker, no outside network)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import tarfile
+import threading
+from collections.abc import Iterator
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kaibuild.address import Address
+from kaibuild.cache import Store
+from kaibuild.config import Config, TargetSpec
+from kaibuild.context import Context, Options
+from kaibuild.errors import ConfigError
+from kaibuild.executor import Result, execute
+from kaibuild.graph import build_graph
+from kaibuild.platform import Platform
+from kaibuild.report import RecordingReporter
+from rules.download import (
+    DownloadRule,
+    Source,
+    expand,
+    local_names,
+    mirror_urls,
+    plan_sources,
+)
+
+AMD64 = Platform.parse("linux/amd64")
+ARM64 = Platform.parse("linux/arm64")
+TARGET = "//tools:kubectl"
+
+
+def fake_elf(machine: int, size: int = 256) -> bytes:
+    header = b"\x7fELF\x02\x01\x01" + bytes(9) + (2).to_bytes(2, "little") + machine.to_bytes(2, "little")
+    return header + bytes(size - len(header))
+
+
+ELF_AMD64 = fake_elf(62)
+ELF_ARM64 = fake_elf(183)
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# --- a bounded local HTTP server ---------------------------------------------------
+
+
+class Server:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.requests: list[str] = []
+        requests = self.requests
+
+        class Handler(SimpleHTTPRequestHandler):
+            def do_GET(self) -> None:
+                requests.append(self.path)
+                super().do_GET()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory=str(root)))
+        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    def put(self, rel: str, data: bytes) -> str:
+        path = self.root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        return f"{self.base}/{rel}"
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    (tmp_path / "www").mkdir()
+    srv = Server(tmp_path / "www")
+    srv.thread.start()
+    try:
+        yield srv
+    finally:
+        srv.httpd.shutdown()
+        srv.httpd.server_close()
+        srv.thread.join(timeout=10)
+
+
+@pytest.fixture(autouse=True)
+def no_download_dir(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("KAIBUILD_DOWNLOAD_DIR", raising=False)
+
+
+# --- running the rule through the real engine ------------------------------------------
+
+
+def make(tmp_path: Path, settings: dict[str, Any], *, offline: bool = False) -> Context:
+    config = Config(path=tmp_path / "kaibuild.toml", workspace=tmp_path, default_platforms=[AMD64],
+                    dist_dir="dist", mirrors={})
+    config.targets[Address.parse(TARGET)] = TargetSpec(Address.parse(TARGET), "download", settings, "kaibuild.toml:7")
+    return Context(config, Store(tmp_path / "cache"), {"download": DownloadRule()}, Options(offline=offline))
+
+
+def build(ctx: Context, platform: Platform = AMD64) -> tuple[Result, RecordingReporter]:
+    reporter = RecordingReporter()
+    node = ctx.target_node(Address.parse(TARGET), platform)
+    result = execute(build_graph([node], ctx), ctx, reporter)
+    return result, reporter
+
+
+def failure(ctx: Context, platform: Platform = AMD64) -> str:
+    """Build expecting a failure; the error text the reporter got."""
+    messages: list[str] = []
+
+    class Catching(RecordingReporter):
+        def failed(self, node: Any, error: Exception, log_tail: str, log_path: Any) -> None:
+            messages.append(f"{type(error).__name__}: {error}")
+            super().failed(node, error, log_tail, log_path)
+
+    node = ctx.target_node(Address.parse(TARGET), platform)
+    reporter = Catching()
+    result = execute(build_graph([node], ctx), ctx, reporter)
+    assert not result.ok and not result.records
+    assert len(messages) == 1
+    return messages[0]
+
+
+def output_bytes(ctx: Context, result: Result, rel: str, platform: Platform = AMD64) -> bytes:
+    record = result.records[ctx.target_node(Address.parse(TARGET), platform).id]
+    return ctx.store.blob_path(record.files[rel]).read_bytes()
+
+
+def record_of(ctx: Context, result: Result, platform: Platform = AMD64) -> Any:
+    return result.records[ctx.target_node(Address.parse(TARGET), platform).id]
+
+
+def cache_blobs(tmp_path: Path) -> list[Path]:
+    return [p for p in (tmp_path / "cache" / "cas").rglob("*") if p.is_file()]
+
+
+def leftovers(tmp_path: Path) -> list[Path]:
+    return list((tmp_path / "cache" / "tmp").iterdir())
+
+
+# --- pure functions ----------------------------------------------------------------------
+
+
+def test_expand_fills_platform_and_version() -> None:
+    url = "https://dl.k8s.io/release/v{version}/bin/{os}/{arch}/kubectl"
+    assert expand(url, ARM64, "1.34.0") == "https://dl.k8s.io/release/v1.34.0/bin/linux/arm64/kubectl"
+    assert expand("etcd-{os}-{arch}", AMD64, None, what="output") == "etcd-linux-amd64"
+
+
+def test_expand_rejects_missing_version_and_unknown_placeholders() -> None:
+    with pytest.raises(ConfigError, match="sets no version"):
+        expand("https://x/v{version}/f", AMD64, None)
+    with pytest.raises(ConfigError, match=r"unknown placeholder \{flavour\}"):
+        expand("https://x/{flavour}/f", AMD64, "1")
+
+
+def test_mirror_urls_replace_scheme_and_host_only() -> None:
+    url = "https://dl.k8s.io/release/v1.34.0/bin/linux/amd64/kubectl?x=1"
+    assert mirror_urls(url, ["http://m1:8080/k8s/", "https://m2"]) == [
+        "http://m1:8080/k8s/release/v1.34.0/bin/linux/amd64/kubectl?x=1",
+        "https://m2/release/v1.34.0/bin/linux/amd64/kubectl?x=1",
+    ]
+    assert mirror_urls(url, []) == []
+
+
+def test_local_names() -> None:
+    url = "https://x/envtest-v1.34.0-linux-amd64.tar.gz"
+    assert local_names("bin/etcd", url, AMD64, archive=True) == [
+        ("etcd-linux-amd64", True), ("envtest-v1.34.0-linux-amd64.tar.gz", False)]
+    assert local_names("kubectl", "https://x/bin/linux/arm64/kubectl", ARM64, archive=False) == [
+        ("kubectl-linux-arm64", False), ("kubectl", False)]
+
+
+def test_plan_sources_order() -> None:
+    url = "https://origin.example/a/f"
+    local = Source("local", "/d/f")
+    assert plan_sources(url, ["http://m"], local, offline=False) == [local]
+    assert plan_sources(url, ["http://m"], local, offline=True) == [local]
+    assert plan_sources(url, ["http://m"], None, offline=True) == []
+    assert plan_sources(url, ["http://m", "http://n/p"], None, offline=False) == [
+        Source("mirror", "http://m/a/f"), Source("mirror", "http://n/p/a/f"), Source("origin", url)]
+
+
+def test_inputs_depend_on_pin_and_local_file_not_mirrors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    base = {"url": "https://origin.example/{os}/{arch}/kubectl", "output": "kubectl",
+            "sha256": {"linux/amd64": sha(ELF_AMD64)}}
+    rule = DownloadRule()
+
+    def inputs(settings: dict[str, Any]) -> dict[str, Any]:
+        ctx = make(tmp_path, settings)
+        node = ctx.target_node(Address.parse(TARGET), AMD64)
+        rule.expand(node, ctx)
+        return rule.inputs(node, ctx, {})
+
+    plain = inputs(base)
+    assert plain == {"url": "https://origin.example/linux/amd64/kubectl", "sha256": sha(ELF_AMD64),
+                     "member": None, "local": None}
+    assert inputs(base | {"mirrors": ["http://mirror.example"]}) == plain
+    assert inputs(base | {"sha256": {"linux/amd64": sha(b"other")}}) != plain
+    assert inputs(base | {"sha256": {"x86_64": sha(ELF_AMD64)}}) == plain  # platform aliases match
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    monkeypatch.setenv("KAIBUILD_DOWNLOAD_DIR", str(downloads))
+    (downloads / "kubectl-linux-amd64").write_bytes(ELF_AMD64)
+    with_local = inputs(base)
+    assert with_local["local"] == sha(ELF_AMD64)
+    (downloads / "kubectl-linux-amd64").write_bytes(ELF_AMD64 + b"\0")
+    assert inputs(base)["local"] not in (None, with_local["local"])
+
+
+def test_bad_pin_is_a_config_error(tmp_path: Path) -> None:
+    ctx = make(tmp_path, {"url": "https://x/kubectl", "output": "kubectl", "sha256": {"linux/amd64": "abc"}})
+    with pytest.raises(ConfigError, match="64 hex digits"):
+        build(ctx)
+
+
+# --- downloads -----------------------------------------------------------------------------
+
+
+def test_origin_download_with_correct_pin(tmp_path: Path, server: Server) -> None:
+    server.put("release/v1.34.0/bin/linux/amd64/kubectl", ELF_AMD64)
+    settings = {"url": server.base + "/release/v{version}/bin/{os}/{arch}/kubectl", "version": "1.34.0",
+                "output": "kubectl", "sha256": {"linux/amd64": sha(ELF_AMD64)}}
+    ctx = make(tmp_path, settings)
+    result, _ = build(ctx)
+    assert result.ok
+    record = record_of(ctx, result)
+    assert output_bytes(ctx, result, "kubectl") == ELF_AMD64
+    assert "kubectl" in record.executable
+    assert record.meta == {"url": server.base + "/release/v1.34.0/bin/linux/amd64/kubectl",
+                           "sha256": sha(ELF_AMD64), "source": "origin"}
+    rule = ctx.rules["download"]
+    assert rule.artifact(ctx.target_node(Address.parse(TARGET), AMD64), record) == ("kubectl", "kubectl")
+    assert server.requests == ["/release/v1.34.0/bin/linux/amd64/kubectl"]
+    # a second run is served from the cache: no request
+    again, reporter = build(make(tmp_path, settings))
+    assert again.ok and ("cached", f"{TARGET} [linux/amd64]") in reporter.events
+    assert len(server.requests) == 1
+    assert leftovers(tmp_path) == []
+
+
+def test_mirror_is_preferred_and_a_failing_mirror_falls_through(tmp_path: Path, server: Server) -> None:
+    server.put("origin/bin/kubectl", ELF_AMD64)
+    server.put("mirror/origin/bin/kubectl", ELF_AMD64)
+    settings = {"url": server.base + "/origin/bin/kubectl", "output": "kubectl",
+                "sha256": {"linux/amd64": sha(ELF_AMD64)},
+                "mirrors": [server.base + "/broken", server.base + "/mirror"]}
+    ctx = make(tmp_path, settings)
+    result, _ = build(ctx)
+    assert result.ok
+    assert record_of(ctx, result).meta["source"] == "mirror"
+    assert server.requests == ["/broken/origin/bin/kubectl", "/mirror/origin/bin/kubectl"]  # never the origin
+
+
+def test_same_pinned_bytes_from_mirror_or_origin_share_the_key(tmp_path: Path, server: Server) -> None:
+    server.put("origin/kubectl", ELF_AMD64)
+    settings = {"url": server.base + "/origin/kubectl", "output": "kubectl",
+                "sha256": {"linux/amd64": sha(ELF_AMD64)}, "mirrors": [server.base + "/mirror"]}
+    result, _ = build(make(tmp_path, settings))  # the mirror 404s: from the origin
+    assert result.ok
+    (server.root / "origin" / "kubectl").unlink()
+    server.put("mirror/origin/kubectl", ELF_AMD64)
+    requests = len(server.requests)
+    again, reporter = build(make(tmp_path, settings))
+    assert again.ok and ("cached", f"{TARGET} [linux/amd64]") in reporter.events
+    assert len(server.requests) == requests
+
+
+def test_sha256_mismatch_fails_and_leaves_nothing(tmp_path: Path, server: Server) -> None:
+    url = server.put("kubectl", ELF_AMD64)
+    pin = sha(b"something else")
+    ctx = make(tmp_path, {"url": url, "output": "kubectl", "sha256": {"linux/amd64": pin}})
+    message = failure(ctx)
+    assert message.startswith("ActionFailed")
+    assert url in message and pin in message and sha(ELF_AMD64) in message
+    assert cache_blobs(tmp_path) == []
+    assert leftovers(tmp_path) == []
+    assert not (tmp_path / "dist").exists()
+
+
+def test_unreachable_sources_fail_naming_each(tmp_path: Path, server: Server) -> None:
+    url = server.base + "/nowhere/kubectl"
+    ctx = make(tmp_path, {"url": url, "output": "kubectl", "sha256": {"linux/amd64": sha(ELF_AMD64)},
+                          "mirrors": [server.base + "/mirror"]})
+    message = failure(ctx)
+    assert f"could not download {url}" in message and "HTTP 404" in message and "/mirror/nowhere/kubectl" in message
+    assert cache_blobs(tmp_path) == [] and leftovers(tmp_path) == []
+
+
+def test_missing_pin_for_network_source_is_refused(tmp_path: Path, server: Server) -> None:
+    url = server.put("bin/linux/arm64/kubectl", ELF_ARM64)
+    ctx = make(tmp_path, {"url": server.base + "/bin/{os}/{arch}/kubectl", "output": "kubectl",
+                          "sha256": {"linux/amd64": sha(ELF_AMD64)}})
+    message = failure(ctx, ARM64)
+    assert "no sha256 pinned for linux/arm64 in kaibuild.toml:7" in message
+    assert url in message and "kaibuild.toml" in message.split("fix:")[1]
+    assert server.requests == []  # refused before any download
+    assert cache_blobs(tmp_path) == []
+
+
+def test_local_file_is_used_offline_without_network(tmp_path: Path, server: Server,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    (downloads / "kubectl-linux-amd64").write_bytes(ELF_AMD64)
+    monkeypatch.setenv("KAIBUILD_DOWNLOAD_DIR", str(downloads))
+    settings = {"url": server.base + "/bin/{os}/{arch}/kubectl", "output": "bin/kubectl",
+                "sha256": {"linux/amd64": sha(ELF_AMD64)}, "mirrors": [server.base + "/mirror"]}
+    ctx = make(tmp_path, settings, offline=True)
+    result, _ = build(ctx)
+    assert result.ok
+    assert output_bytes(ctx, result, "bin/kubectl") == ELF_AMD64
+    assert record_of(ctx, result).meta["source"] == "local"
+    assert server.requests == []
+
+
+def test_local_file_named_like_the_url_and_unpinned_is_accepted_with_a_warning(
+        tmp_path: Path, server: Server, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    (downloads / "kubectl").write_bytes(ELF_ARM64)
+    monkeypatch.setenv("KAIBUILD_DOWNLOAD_DIR", str(downloads))
+    ctx = make(tmp_path, {"url": server.base + "/bin/{os}/{arch}/kubectl", "output": "kubectl"}, offline=True)
+    result, _ = build(ctx, ARM64)
+    assert result.ok
+    assert record_of(ctx, result, ARM64).meta == {"url": server.base + "/bin/linux/arm64/kubectl",
+                                                  "sha256": sha(ELF_ARM64), "source": "local"}
+    err = capsys.readouterr().err
+    assert "warning" in err and sha(ELF_ARM64) in err
+    assert server.requests == []
+
+
+def test_local_file_with_wrong_digest_fails_naming_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    (downloads / "kubectl-linux-amd64").write_bytes(ELF_AMD64 + b"tampered")
+    monkeypatch.setenv("KAIBUILD_DOWNLOAD_DIR", str(downloads))
+    ctx = make(tmp_path, {"url": "https://dl.k8s.io/kubectl", "output": "kubectl",
+                          "sha256": {"linux/amd64": sha(ELF_AMD64)}}, offline=True)
+    message = failure(ctx)
+    assert str(downloads / "kubectl-linux-amd64") in message and "mismatch" in message
+    assert cache_blobs(tmp_path) == []
+
+
+def test_offline_without_local_file_fails_naming_the_url(tmp_path: Path, server: Server) -> None:
+    url = server.put("bin/linux/amd64/kubectl", ELF_AMD64)
+    ctx = make(tmp_path, {"url": server.base + "/bin/{os}/{arch}/kubectl", "output": "kubectl",
+                          "sha256": {"linux/amd64": sha(ELF_AMD64)}, "mirrors": [server.base]}, offline=True)
+    message = failure(ctx)
+    assert message.startswith("KaibuildError")
+    assert url in message and TARGET in message and "KAIBUILD_DOWNLOAD_DIR" in message and "offline bundle" in message
+    assert server.requests == []
+
+
+def envtest_archive() -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name, data in (("kubebuilder/bin/etcd", ELF_AMD64), ("kubebuilder/bin/kube-apiserver", fake_elf(62, 300))):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o755
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def test_archive_member_is_extracted(tmp_path: Path, server: Server) -> None:
+    archive = envtest_archive()
+    server.put("envtest-v1.34.0-linux-amd64.tar.gz", archive)
+    settings = {"url": server.base + "/envtest-v{version}-{os}-{arch}.tar.gz", "version": "1.34.0",
+                "output": "bin/etcd", "archive_member": "kubebuilder/bin/etcd",
+                "sha256": {"linux/amd64": sha(archive)}}
+    ctx = make(tmp_path, settings)
+    result, _ = build(ctx)
+    assert result.ok
+    record = record_of(ctx, result)
+    assert list(record.files) == ["bin/etcd"]
+    assert output_bytes(ctx, result, "bin/etcd") == ELF_AMD64
+    assert record.meta["sha256"] == sha(archive)
+    rule = ctx.rules["download"]
+    assert rule.artifact(ctx.target_node(Address.parse(TARGET), AMD64), record) == ("bin/etcd", "etcd")
+
+
+def test_missing_archive_member_fails(tmp_path: Path, server: Server) -> None:
+    archive = envtest_archive()
+    url = server.put("envtest.tar.gz", archive)
+    ctx = make(tmp_path, {"url": url, "output": "etcd", "archive_member": "kubebuilder/bin/etcdctl",
+                          "sha256": {"linux/amd64": sha(archive)}})
+    message = failure(ctx)
+    assert "kubebuilder/bin/etcdctl" in message and url in message
+
+
+def test_wrong_elf_arch_is_a_platform_mismatch(tmp_path: Path, server: Server) -> None:
+    url = server.put("bin/linux/arm64/kubectl", ELF_AMD64)  # an amd64 binary under the arm64 path
+    ctx = make(tmp_path, {"url": server.base + "/bin/{os}/{arch}/kubectl", "output": "kubectl",
+                          "sha256": {"linux/arm64": sha(ELF_AMD64)}})
+    message = failure(ctx, ARM64)
+    assert message.startswith("PlatformMismatch") and "amd64" in message and "arm64" in message and url in message
+    assert cache_blobs(tmp_path) == []
+
+
+def test_non_executable_skips_the_elf_check(tmp_path: Path, server: Server) -> None:
+    url = server.put("crds.yaml", b"kind: CustomResourceDefinition\n")
+    ctx = make(tmp_path, {"url": url, "output": "crds.yaml", "executable": False,
+                          "sha256": {"linux/amd64": sha(b"kind: CustomResourceDefinition\n")}})
+    result, _ = build(ctx)
+    assert result.ok and record_of(ctx, result).executable == frozenset()
