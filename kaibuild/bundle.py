@@ -39,7 +39,7 @@ from kaibuild.platform import Platform
 
 FORMAT = 1
 MANIFEST = "manifest.json"
-SECTIONS = ("images", "tools", "envtest", "downloads", "source")
+SECTIONS = ("images", "tools", "envtest", "downloads", "source", "cache")
 # versions[ENVTEST_VERSION_KEY] names the Kubernetes version of envtest/,
 # which setup-envtest's layout puts in bin/k8s/<version>-<os>-<arch>/.
 ENVTEST_VERSION_KEY = "envtest"

@@ -62,6 +62,20 @@ def _parser() -> argparse.ArgumentParser:
     graph.add_argument("targets", nargs="*", default=["//..."])
     graph.set_defaults(handler=_graph)
 
+    export = commands.add_parser("export-offline", parents=[common],
+                                 help="write a bundle for building with no network on --platform")
+    export.add_argument("-o", "--output", type=Path, default=Path("offline-bundle"), help="bundle directory (default: offline-bundle)")
+    export.add_argument("--archive", action="store_true", help="write one compressed file (.tar.zst) instead")
+    export.add_argument("--allow-missing", action="store_true",
+                        help="write the bundle even if some download or tool could not be made (marked in the manifest)")
+    export.add_argument("--json", action="store_true", help="JSON-lines events on stdout instead of progress")
+    export.set_defaults(handler=_export)
+
+    importer = commands.add_parser("import-offline", parents=[common],
+                                   help="verify a bundle, load its images, place tools, fill the cache")
+    importer.add_argument("bundle", type=Path, help="bundle directory or .tar.zst archive")
+    importer.set_defaults(handler=_import)
+
     cache = commands.add_parser("cache", help="inspect or shrink the cache directory")
     cache_commands = cache.add_subparsers(dest="cache_command", required=True)
     stats = cache_commands.add_parser("stats", parents=[common], help="entries, bytes, last run's hit rate")
@@ -114,6 +128,60 @@ def _graph(args: argparse.Namespace) -> int:
         return 0
     finally:
         ctx.store.close()
+
+
+def _export(args: argparse.Namespace) -> int:
+    from kaibuild.offline import export_offline
+
+    platforms = parse_platforms(args.platform) if args.platform else None
+    config, ctx = _setup(args, exec_platform=platforms[0] if platforms else None)
+    platforms = platforms or config.default_platforms
+    if len(platforms) != 1:
+        raise ConfigError("a bundle is for one platform", where="--platform", fix="export once per platform")
+    reporter: Reporter = JsonLinesReporter() if args.json else ConsoleReporter()
+    try:
+        ctx.docker.check_can_build(platforms)
+        with build_lock(ctx.store):
+            outcome = export_offline(ctx, platforms[0], args.output.resolve(), archive=args.archive,
+                                     allow_missing=args.allow_missing, reporter=reporter)
+        reporter.summary(outcome.result.summary)
+        if outcome.path is None:
+            sys.stderr.write("kaibuild: no bundle written: could not make " + ", ".join(outcome.missing) + "\n"
+                             "  fix: supply what is missing (downloads: put the file in KAIBUILD_DOWNLOAD_DIR, named as the "
+                             "log says), or pass --allow-missing to write the rest and mark the gaps in manifest.json\n")
+            return 1
+        if outcome.missing:
+            sys.stderr.write("kaibuild: bundle written WITHOUT: " + ", ".join(outcome.missing) + " (see manifest.json 'missing')\n")
+        print(outcome.path)
+        return 0
+    finally:
+        ctx.store.close()
+
+
+def _import(args: argparse.Namespace) -> int:
+    from kaibuild.offline import import_offline
+
+    workspace = args.workspace.resolve()
+    config_workspace = workspace if (workspace / "go.mod").exists() else None
+    ctx = _import_context(args, workspace, config_workspace)
+    try:
+        with build_lock(ctx.store):
+            outcome = import_offline(ctx, args.bundle.resolve())
+    finally:
+        ctx.store.close()
+    sys.stderr.write(f"kaibuild: imported a {outcome.manifest['platform']} bundle: {len(outcome.images)} images loaded, "
+                     f"{len(outcome.placed)} tools and envtest files placed under {workspace / 'bin'}"
+                     f"{', source copied into ' + str(workspace) if outcome.source_copied else ''}\n")
+    for missing in outcome.manifest.get("missing", []):
+        sys.stderr.write(f"kaibuild: note: the bundle lacks {missing['name']}: {missing['how_to_supply']}\n")
+    return 0
+
+
+def _import_context(args: argparse.Namespace, workspace: Path, config_workspace: Path | None) -> Context:
+    """Import may run before the workspace exists (the bundle carries it)."""
+    config = load_config(config_workspace or workspace if workspace.exists() else workspace.parent, _schemas())
+    config.workspace = workspace
+    return Context(config, Store(_cache_dir(args, workspace)), _rules(), Options(offline=True))
 
 
 def _cache_stats(args: argparse.Namespace) -> int:
@@ -197,16 +265,16 @@ def _rules() -> dict[str, Rule]:
 
 
 def _schemas() -> dict[str, dict]:
-    return {kind: rule.settings for kind, rule in _rules().items() if kind != "base_image"}
+    return {kind: rule.settings for kind, rule in _rules().items()}
 
 
-def _setup(args: argparse.Namespace) -> tuple[Config, Context]:
+def _setup(args: argparse.Namespace, exec_platform: Platform | None = None) -> tuple[Config, Context]:
     workspace = args.workspace.resolve()
     if not workspace.is_dir():
         raise ConfigError(f"workspace {workspace} is not a directory", where="--workspace")
     config = load_config(workspace, _schemas())
     store = Store(_cache_dir(args, workspace))
-    options = Options(offline=args.offline, verbose=getattr(args, "verbose", False))
+    options = Options(offline=args.offline, verbose=getattr(args, "verbose", False), exec_platform=exec_platform)
     return config, Context(config, store, _rules(), options)
 
 

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 class Options:
     offline: bool = False
     verbose: bool = False
+    exec_platform: Platform | None = None  # where tools will run, if not this engine (an offline bundle's)
 
 
 class Context:
@@ -46,8 +47,8 @@ class Context:
 
     @cached_property
     def exec_platform(self) -> Platform:
-        """The platform tools run on: the Docker engine's own."""
-        return self.docker.native_platform()
+        """The platform tools run on: the Docker engine's own (or the bundle's)."""
+        return self.options.exec_platform or self.docker.native_platform()
 
     @cached_property
     def go_module(self) -> str:

@@ -27,6 +27,7 @@ class Result:
     summary: Summary
     records: dict[NodeId, OutputRecord] = field(default_factory=dict)
     keys: dict[NodeId, str] = field(default_factory=dict)
+    materials: dict[NodeId, dict[str, Any]] = field(default_factory=dict)  # what each key hashes
 
     @property
     def ok(self) -> bool:
@@ -87,10 +88,11 @@ def _build_one(node: Node, ctx: Context, reporter: Reporter, index: int, total: 
                result: Result, explain: bool) -> None:
     rule = ctx.rules[node.kind]
     deps = {role: ctx.records[dep] for role, dep in node.deps.items()}
-    inputs = rule.inputs(node, ctx, deps)
+    inputs = _inputs(node, ctx, deps)
     material = action_key_material(node, ctx, inputs)
     key = key_of(material)
     result.keys[node.id] = key
+    result.materials[node.id] = material
     record = ctx.store.get(key)
     if record is not None:
         ctx.records[node.id] = result.records[node.id] = record
@@ -124,6 +126,18 @@ def _build_one(node: Node, ctx: Context, reporter: Reporter, index: int, total: 
     result.summary.executed.append(node.id)
     reporter.finished(node.id, time.monotonic() - begun, record.digest)
     _remember(ctx, node.id, key, material)
+
+
+def _inputs(node: Node, ctx: Context, deps: dict[str, OutputRecord]) -> dict[str, Any]:
+    """A rule's inputs; offline, for rules whose inputs need the network
+    (a registry pin, a download, a module version), the last recorded ones:
+    an imported bundle records those of the machine that exported it."""
+    rule = ctx.rules[node.kind]
+    if ctx.options.offline and rule.offline_reuses_inputs:
+        last = ctx.store.actions.get(f"last:{node.id}")
+        if last is not None:
+            return dict(last["material"]["inputs"])
+    return rule.inputs(node, ctx, deps)
 
 
 def _remember(ctx: Context, node_id: NodeId, key: str, material: dict[str, Any]) -> None:

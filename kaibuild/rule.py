@@ -59,6 +59,7 @@ class Rule(ABC):
     required: ClassVar[frozenset[str]] = frozenset()
     platform_independent: ClassVar[bool] = False  # True: one output serves every platform
     run_early: ClassVar[bool] = False  # True: schedule as soon as possible (cheap checks that fail fast)
+    offline_reuses_inputs: ClassVar[bool] = False  # True: inputs need the network; offline, reuse the recorded ones
 
     def node_platform(self, settings: dict[str, Any], requested: Platform | None, ctx: Context) -> Platform | None:
         """The platform a target's node is built for, given the one asked for."""
@@ -83,3 +84,19 @@ class Rule(ABC):
     def artifact(self, node: Node, record: OutputRecord) -> tuple[str, str] | None:
         """(relpath in record, file name under dist/<platform>/) to export, if any."""
         return None
+
+    # --- the offline bundle -------------------------------------------------------
+    def bundle_section(self, node: Node) -> str | None:
+        """The bundle folder this node's artifact goes to; None: not bundled."""
+        return None
+
+    def export_nodes(self, node: Node, ctx: Context) -> list[Node]:
+        """The nodes an offline bundle needs for this target (built by export)."""
+        return [node] if self.bundle_section(node) else []
+
+    def bundle_files(self, node: Node, record: OutputRecord) -> list[tuple[str, str]]:
+        """(path in the bundle, path in the record) of what the bundle carries."""
+        section, artifact = self.bundle_section(node), self.artifact(node, record)
+        if not section or not artifact:
+            return []
+        return [(f"{section}/{artifact[1]}", artifact[0])]

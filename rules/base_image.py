@@ -1,7 +1,8 @@
 """base_image: an external image (a Dockerfile's FROM), pinned to the manifest
 for exactly one platform and saved as a single-platform tarball.
 
-Nodes of this kind are made by rules that read Dockerfiles, not declared.
+Most nodes of this kind are made by rules that read Dockerfiles; a target
+may also declare one (extra images a bundle should carry).
 The pin is resolved from the registry (or its mirror) on every online run,
 so a tag that moved is noticed; offline, the last recorded pin is used.
 """
@@ -16,7 +17,7 @@ from kaibuild.cache import OutputRecord
 from kaibuild.context import Context
 from kaibuild.errors import KaibuildError, PlatformMismatch
 from kaibuild.image_archive import read_images
-from kaibuild.imageref import ImageRef, local_name
+from kaibuild.imageref import ImageRef, local_name, mirrored
 from kaibuild.platform import Platform
 from kaibuild.report import ActionLog
 from kaibuild.rule import Node, NodeId, Rule, RunResult
@@ -35,6 +36,7 @@ class BaseImageRule(Rule):
     settings = {"ref": str}
     required = frozenset({"ref"})
     run_early = True  # resolving pins checks the registry before any long build
+    offline_reuses_inputs = True  # offline, the bundle's recorded inputs stand in
 
     def expand(self, node: Node, ctx: Context) -> list[Node]:
         return []
@@ -52,17 +54,22 @@ class BaseImageRule(Rule):
         if previous and previous != resolved.manifest_digest:
             sys.stderr.write(f"kaibuild: note: {ref} ({platform}) moved: {previous[:19]} -> {resolved.manifest_digest[:19]}\n")
         ctx.store.actions.set(pin_key, resolved.manifest_digest)
-        return {"ref": ref, "manifest_digest": resolved.manifest_digest, "source": resolved.source}
+        # Where it was fetched from (a mirror) is not part of the key: the
+        # same pinned image from anywhere is the same input.
+        return {"ref": ref, "manifest_digest": resolved.manifest_digest}
 
     def run(self, node: Node, ctx: Context, deps: dict[str, OutputRecord], inputs: dict[str, Any],
             work: Path, log: ActionLog) -> RunResult:
         from kaibuild.docker import ResolvedImage
 
         platform = _platform(node)
+        if ctx.options.offline:
+            raise KaibuildError(f"base image {inputs['ref']} for {platform} is not in the cache, and --offline forbids pulling it",
+                                where=node.where, fix="import an offline bundle exported for this platform (kaibuild import-offline)")
         out = work / "out"
         out.mkdir()
-        resolved = ResolvedImage(inputs["ref"], inputs.get("source") or ImageRef.parse(inputs["ref"]).name,
-                                 None, inputs["manifest_digest"], platform)
+        source = mirrored(ImageRef.parse(inputs["ref"]), ctx.config.mirrors).name
+        resolved = ResolvedImage(inputs["ref"], source, None, inputs["manifest_digest"], platform)
         tarball = out / TARBALL
         ctx.docker.save_pinned(resolved, tarball, log)
         images = read_images(tarball)
@@ -80,6 +87,20 @@ class BaseImageRule(Rule):
         name = local_image_name(record)
         if not ctx.docker.has_image(name):
             ctx.docker.load_as(ctx.store.blob_path(record.files[TARBALL]), name)
+
+
+    def artifact(self, node: Node, record: OutputRecord) -> tuple[str, str] | None:
+        return TARBALL, f"{_file_name(node)}.tar"
+
+    def bundle_section(self, node: Node) -> str | None:
+        return "images"
+
+
+def _file_name(node: Node) -> str:
+    """dist/bundle file name: the target's name, or the image reference made safe."""
+    if node.address:
+        return node.address.name
+    return node.settings["ref"].replace("/", "_").replace(":", "_").replace("@", "_")
 
 
 def local_image_name(record: OutputRecord) -> str:

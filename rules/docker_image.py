@@ -10,15 +10,19 @@ pinned image for the platform and never pulls by itself.
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Any
+
+from dockerfile import parse_file
 
 from kaibuild.address import Address
 from kaibuild.cache import OutputRecord
 from kaibuild.context import Context
 from kaibuild.dockerfile import DockerfilePlan, analyze_dockerfile, select_context_files
-from kaibuild.errors import ConfigError, PlatformMismatch
+from kaibuild.errors import ConfigError, KaibuildError, PlatformMismatch
+from kaibuild.fingerprint import key_of
 from kaibuild.image_archive import elf_arch, read_file, read_images
 from kaibuild.platform import Platform
 from kaibuild.report import ActionLog
@@ -39,6 +43,10 @@ class DockerImageRule(Rule):
         "inputs": list,  # addresses whose outputs are placed into the context
         "exec_platform": bool,  # build for the machine that runs the build (tool images)
         "verify_binary": str,  # a path in the image whose ELF arch must match the platform
+        # RUN steps to replace, e.g. one that curls kubectl, by a step using a
+        # pinned download from `inputs`: [{contains = "dl.k8s.io", with = "COPY ..."}].
+        # The user's Dockerfile is not edited: a patched copy is built.
+        "replace_steps": list,
     }
     required = frozenset({"dockerfile"})
 
@@ -90,9 +98,9 @@ class DockerImageRule(Rule):
         out = work / "out"
         out.mkdir()
         tarball = out / TARBALL
-        ctx.docker.build(context=staged, dockerfile=ctx.workspace / node.settings["dockerfile"], platform=platform,
+        ctx.docker.build(context=staged, dockerfile=self._dockerfile(node, ctx), platform=platform,
                          dest=tarball, log=log, target=node.settings.get("stage"), build_args=inputs["build_args"],
-                         build_contexts=build_contexts)
+                         build_contexts=build_contexts, network="none" if ctx.options.offline else None)
         meta = verify_image(tarball, node, platform)
         return RunResult(out, meta)
 
@@ -106,14 +114,45 @@ class DockerImageRule(Rule):
         assert node.address is not None
         return TARBALL, f"{node.address.name}.tar"
 
+    def bundle_section(self, node: Node) -> str | None:
+        # Tool images (the builder) go into the bundle; images built from the
+        # project's code are what the offline machine builds itself.
+        return "images" if node.settings.get("exec_platform") else None
+
+    def export_nodes(self, node: Node, ctx: Context) -> list[Node]:
+        if node.settings.get("exec_platform"):
+            return [node]
+        return [dep for dep in self.expand(node, ctx) if dep.kind == "base_image"]
+
     # --- helpers -----------------------------------------------------------------
     def _plan(self, node: Node, ctx: Context) -> DockerfilePlan:
+        plan = analyze_dockerfile(self._dockerfile(node, ctx), target=node.settings.get("stage"),
+                                  build_args=self._build_args(node), target_platform=str(_platform(node)),
+                                  build_platform=str(ctx.exec_platform))
+        if ctx.options.offline and plan.urls:
+            raise KaibuildError(
+                f"{node.id.label}: {node.settings['dockerfile']} fetches {', '.join(plan.urls)} while building, "
+                "and --offline allows no network", where=node.where,
+                fix="supply the file as a pinned download: add a download target to `inputs` and a `replace_steps` entry")
+        return plan
+
+    def _dockerfile(self, node: Node, ctx: Context) -> Path:
+        """The Dockerfile to build: the user's, or a patched copy (replace_steps)."""
         dockerfile = ctx.workspace / node.settings["dockerfile"]
         if not dockerfile.is_file():
             raise ConfigError(f"Dockerfile {node.settings['dockerfile']} does not exist in {ctx.workspace}",
                               where=node.where, fix="fix the dockerfile setting of this target")
-        return analyze_dockerfile(dockerfile, target=node.settings.get("stage"), build_args=self._build_args(node),
-                                  target_platform=str(_platform(node)), build_platform=str(ctx.exec_platform))
+        steps = node.settings.get("replace_steps", [])
+        if not steps:
+            return dockerfile
+        patched = replace_steps(dockerfile, steps, _platform(node), node.where)
+        path = ctx.store.root / "views" / "dockerfiles" / f"{key_of(patched)[:32]}.Dockerfile"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(patched)
+            os.replace(tmp, path)
+        return path
 
     def _build_args(self, node: Node) -> dict[str, str]:
         platform = _platform(node)
@@ -122,6 +161,26 @@ class DockerImageRule(Rule):
 
     def _context_dir(self, node: Node, ctx: Context) -> Path:
         return ctx.workspace / node.settings.get("context", ".")
+
+
+def replace_steps(dockerfile: Path, steps: list[dict[str, str]], platform: Platform, where: str) -> str:
+    """The Dockerfile's text with each RUN instruction that contains a step's
+    `contains` text replaced by its `with` text ({arch}, {os} filled in)."""
+    lines = dockerfile.read_text().splitlines()
+    commands = parse_file(str(dockerfile))
+    for step in steps:
+        if not isinstance(step, dict) or set(step) != {"contains", "with"}:
+            raise ConfigError("each replace_steps entry must be { contains = \"...\", with = \"...\" }", where=where)
+        matches = [c for c in commands if c.cmd.upper() == "RUN" and step["contains"] in c.original]
+        if not matches:
+            raise ConfigError(f"replace_steps: no RUN step in {dockerfile} contains {step['contains']!r}", where=where,
+                              fix="update or remove this replace_steps entry")
+        for command in matches:
+            replacement = step["with"].format(arch=platform.arch, os=platform.os, variant=platform.variant)
+            lines[command.start_line - 1] = replacement
+            for number in range(command.start_line, command.end_line):
+                lines[number] = ""
+    return "\n".join(lines) + "\n"
 
 
 def image_name(node: Node, record: OutputRecord) -> str:

@@ -135,8 +135,10 @@ class DownloadRule(Rule):
         "executable": bool,  # default true: mode 0755 and an ELF arch check
         "archive_member": str,  # extract this member of a tar(.gz) download
         "mirrors": list,  # base URLs replacing the URL's scheme://host, tried first
+        "bundle_section": str,  # offline bundle folder: "downloads" (default) or "envtest"
     }
     required = frozenset({"url", "output"})
+    offline_reuses_inputs = True  # offline, the bundle's recorded inputs stand in
 
     def expand(self, node: Node, ctx: Context) -> list[Node]:
         missing = sorted(self.required - set(node.settings))
@@ -213,6 +215,9 @@ class DownloadRule(Rule):
     def artifact(self, node: Node, record: OutputRecord) -> tuple[str, str] | None:
         output = self._output(node)
         return output, posixpath.basename(output)
+
+    def bundle_section(self, node: Node) -> str | None:
+        return str(node.settings.get("bundle_section", "downloads"))
 
     # --- helpers -----------------------------------------------------------------
     def _url(self, node: Node) -> str:

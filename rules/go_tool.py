@@ -107,6 +107,7 @@ class GoToolRule(Rule):
         "cgo_enabled": bool,
     }
     required = frozenset({"package", "version"})
+    offline_reuses_inputs = True  # offline, the bundle's recorded inputs stand in
 
     def expand(self, node: Node, ctx: Context) -> list[Node]:
         return []
@@ -161,6 +162,9 @@ class GoToolRule(Rule):
     def artifact(self, node: Node, record: OutputRecord) -> tuple[str, str] | None:
         name = tool_name(node.settings)
         return f"bin/{name}", name
+
+    def bundle_section(self, node: Node) -> str | None:
+        return "tools"
 
 
 # --- helpers ------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ install_packages() {
   command -v debootstrap >/dev/null || need+=(debootstrap)
   command -v file >/dev/null || need+=(file)
   command -v curl >/dev/null || need+=(curl)
+  command -v jq >/dev/null || need+=(jq)
   [ ${#need[@]} -eq 0 ] && return 0
   log "installing ${need[*]}"
   # Debian 12 has no buildx; Debian 13 has docker.io 26 + buildx 0.13. A low
@@ -50,7 +51,7 @@ PIN
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >&2
   apt-get install -y -qq -t trixie docker-buildx docker.io qemu-user-static binfmt-support >&2
-  apt-get install -y -qq docker-registry busybox-static debootstrap file curl >&2
+  apt-get install -y -qq docker-registry busybox-static debootstrap file curl jq >&2
 }
 
 # --- Go 1.24.4 from the Go module proxy (golang.org/toolchain) ----------------
@@ -71,6 +72,43 @@ install_go() {
   chmod +x "$STATE/go.tmp"/bin/* "$STATE/go.tmp"/pkg/tool/*/*
   rm -rf "$STATE/go"; mv "$STATE/go.tmp" "$STATE/go"
   log "Go: $("$STATE/go/bin/go" version)"
+}
+
+# Go $GO_VERSION for linux/arm64 (for the arm64 golang:*-bullseye stand-in).
+# Taken from the Go module proxy when it has it; otherwise (some proxies carry
+# only a few arm64 toolchains) cross-built from the amd64 toolchain's source
+# with Go's own release packager (make.bash -distpack), which writes the same
+# golang.org/toolchain module zip the proxy serves (Go builds reproducibly).
+# Runs in $(...), where bash drops set -e: hence the explicit checks.
+go_arm64_root() { # -> GOROOT path with bin/go for linux/arm64
+  local dir="$STATE/go-linux-arm64" mod="golang.org/toolchain@v0.0.1-go$GO_VERSION.linux-arm64"
+  local work="$STATE/go-src-linux-arm64" root
+  [ -f "$dir/bin/go" ] && grep -qx "go$GO_VERSION" "$dir/VERSION" 2>/dev/null && { echo "$dir"; return; }
+  rm -rf "$dir.tmp"
+  root=$(GOFLAGS=-mod=mod GOTOOLCHAIN=local go mod download -json "$mod" 2>/dev/null | sed -n 's/.*"Dir": "\(.*\)".*/\1/p') || true
+  if [ -z "$root" ] || [ ! -f "$root/bin/go" ]; then
+    log "$mod is not on the Go module proxy; building it from source with make.bash -distpack (a few minutes)"
+    [ ! -d "$work" ] || chmod -R u+w "$work"; rm -rf "$work"
+    cp -a "$STATE/go" "$work"; chmod -R u+w "$work"; rm -rf "$work/pkg/distpack"
+    # The module form renames every go.mod to _go.mod; the build needs them back.
+    find "$work/src" -name _go.mod -exec sh -c 'for f; do d=${f%/_go.mod}; [ -e "$d/go.mod" ] || mv "$f" "$d/go.mod"; done' sh {} +
+    (cd "$work/src" && env -u GOROOT -u GOPATH -u GOBIN -u GOFLAGS -u GOEXPERIMENT -u CGO_ENABLED \
+      GOROOT_BOOTSTRAP="$STATE/go" GOTOOLCHAIN=local GOOS=linux GOARCH=arm64 bash make.bash -distpack >&2) ||
+      { log "building Go $GO_VERSION for linux/arm64 failed"; exit 1; }
+    # distpack also wrote the module form; take it through a file proxy into
+    # a private module cache, so the result is what the proxy would serve.
+    mkdir -p "$work/proxy/golang.org/toolchain/@v"
+    cp "$work/pkg/distpack/v0.0.1-go$GO_VERSION.linux-arm64."{info,mod,zip} "$work/proxy/golang.org/toolchain/@v/" || exit 1
+    root=$(GOMODCACHE="$work/modcache" GOPROXY="file://$work/proxy" GOSUMDB=off GOFLAGS=-mod=mod GOTOOLCHAIN=local \
+      go mod download -json "$mod" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p') || true
+    [ -n "$root" ] && [ -f "$root/bin/go" ] || { log "could not unpack the $mod built here"; exit 1; }
+  fi
+  cp -a "$root" "$dir.tmp"; chmod -R u+w "$dir.tmp"
+  # The module cache stores files read-only and without exec bits.
+  chmod +x "$dir.tmp"/bin/* "$dir.tmp"/pkg/tool/*/*
+  [ ! -d "$work" ] || { chmod -R u+w "$work"; rm -rf "$work"; }
+  file -L "$dir.tmp/bin/go" | grep -q aarch64 || { log "$dir.tmp/bin/go is not an arm64 binary"; exit 1; }
+  rm -rf "$dir"; mv "$dir.tmp" "$dir"; echo "$dir"
 }
 
 # --- QEMU binfmt for arm64 ---------------------------------------------------
@@ -160,14 +198,37 @@ distroless_rootfs() { # arch -> busybox plus glibc, like a distroless base with 
   rm -rf "$dir"; mv "$dir.tmp" "$dir"; echo "$dir"
 }
 
-bullseye_go_rootfs() { # faithful stand-in for golang:1.24.4-bullseye (amd64)
-  local dir="$STATE/rootfs/golang-bullseye-amd64"
+umount_under() { # dir: unmount everything mounted at or below it, deepest first
+  local d; d=$(readlink -m "$1")
+  awk -v p="$d" '$2 == p || index($2, p "/") == 1 {print $2}' /proc/mounts | sort -r |
+    while read -r m; do umount "$m" 2>/dev/null || umount -l "$m"; done
+}
+
+bullseye_go_rootfs() { # [arch] -> faithful stand-in for golang:1.24.4-bullseye
+  local arch=${1:-amd64} dir="$STATE/rootfs/golang-bullseye-${1:-amd64}"
   [ -x "$dir/usr/local/go/bin/go" ] && { echo "$dir"; return; }
-  rm -rf "$dir.tmp"
-  log "debootstrap bullseye (about a minute)"
-  debootstrap --variant=minbase --include=gcc,libc6-dev,make,git,ca-certificates,curl \
-    bullseye "$dir.tmp" http://deb.debian.org/debian >&2
-  cp -a "$STATE/go" "$dir.tmp/usr/local/go"
+  umount_under "$dir.tmp"; rm -rf --one-file-system "$dir.tmp"
+  if [ "$arch" = amd64 ]; then
+    log "debootstrap bullseye (about a minute)"
+    debootstrap --variant=minbase --include=gcc,libc6-dev,make,git,ca-certificates,curl \
+      bullseye "$dir.tmp" http://deb.debian.org/debian >&2
+    cp -a "$STATE/go" "$dir.tmp/usr/local/go"
+  else
+    # Runs in $(...), where bash drops set -e: hence the explicit checks.
+    local goroot t0 t1
+    goroot=$(go_arm64_root) || exit 1
+    log "debootstrap bullseye $arch, first stage"; t0=$SECONDS
+    debootstrap --arch="$arch" --foreign --variant=minbase --include=gcc,libc6-dev,make,git,ca-certificates,curl \
+      bullseye "$dir.tmp" http://deb.debian.org/debian >&2 || { log "debootstrap (first stage) failed"; exit 1; }
+    log "first stage took $((SECONDS - t0))s; second stage under QEMU (several minutes)"; t1=$SECONDS
+    # The second stage mounts /proc (and maybe more) inside; never leave them.
+    trap 'umount_under "'"$dir.tmp"'"' EXIT
+    chroot "$dir.tmp" /debootstrap/debootstrap --second-stage >&2 || { log "debootstrap (second stage) failed"; exit 1; }
+    umount_under "$dir.tmp"; trap - EXIT
+    log "second stage took $((SECONDS - t1))s"
+    [ ! -e "$dir.tmp/debootstrap" ] || { log "debootstrap left $dir.tmp/debootstrap: incomplete"; exit 1; }
+    cp -a "$goroot" "$dir.tmp/usr/local/go" || exit 1
+  fi
   mkdir -p "$dir.tmp/go/bin" "$dir.tmp/go/src"
   rm -rf "$dir.tmp/var/cache/apt/archives/"*.deb
   rm -rf "$dir"; mv "$dir.tmp" "$dir"; echo "$dir"
@@ -191,7 +252,7 @@ seed_image() { # repo tag platforms(comma) rootfs-kind [changes...]
     case $kind in
       busybox) rootfs=$(busybox_rootfs "$arch") ;;
       distroless) rootfs=$(distroless_rootfs "$arch") ;;
-      golang-bullseye) rootfs=$(bullseye_go_rootfs) ;;
+      golang-bullseye) rootfs=$(bullseye_go_rootfs "$arch") ;;
     esac
     import_and_push "$rootfs" "$p" "$REGISTRY/$repo:$tag-$arch" "$@"
     parts+=("$REGISTRY/$repo:$tag-$arch")
@@ -203,14 +264,37 @@ seed_image() { # repo tag platforms(comma) rootfs-kind [changes...]
   mkdir -p "$(dirname "$STATE/seeded/$repo:$tag")"; touch "$STATE/seeded/$repo:$tag.v$SEED_VERSION"
 }
 
+GOLANG_BULLSEYE_CHANGES=(
+  'ENV PATH=/go/bin:/usr/local/go/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
+  'ENV GOPATH=/go' 'ENV GOLANG_VERSION=1.24.4' 'WORKDIR /go' 'CMD ["bash"]')
+
+# golang:1.24.4-bullseye was first seeded amd64-only, and tests pin that
+# manifest's digest; so arm64 is added beside it, never by reseeding. The
+# index itself is the marker: nothing is done once it lists linux/arm64.
+add_arm64_to_golang_bullseye() {
+  local repo=docker.io/library/golang tag=1.24.4-bullseye raw amd64
+  raw=$(docker buildx imagetools inspect --raw "$REGISTRY/$repo:$tag")
+  jq -e '[.manifests[]? | select(.platform.os == "linux" and .platform.architecture == "arm64")] | length > 0' \
+    <<<"$raw" >/dev/null && return 0
+  amd64=$(jq -r '.manifests[]? | select(.platform.os == "linux" and .platform.architecture == "amd64") | .digest' <<<"$raw")
+  [ -n "$amd64" ] || { log "$REGISTRY/$repo:$tag has no linux/amd64 entry to keep"; exit 1; }
+  log "adding linux/arm64 to $REGISTRY/$repo:$tag (keeping amd64 $amd64)"
+  local rootfs; rootfs=$(bullseye_go_rootfs arm64)
+  import_and_push "$rootfs" linux/arm64 "$REGISTRY/$repo:$tag-arm64" "${GOLANG_BULLSEYE_CHANGES[@]}"
+  docker buildx imagetools create -t "$REGISTRY/$repo:$tag" "$REGISTRY/$repo@$amd64" "$REGISTRY/$repo:$tag-arm64" >&2
+  docker image rm "$REGISTRY/$repo:$tag-arm64" >/dev/null 2>&1 || true
+}
+
 seed_images() {
   local busy_env='ENV PATH=/usr/local/bin:/usr/bin:/bin'
-  seed_image docker.io/library/golang 1.24.4-bullseye linux/amd64 golang-bullseye \
-    'ENV PATH=/go/bin:/usr/local/go/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
-    'ENV GOPATH=/go' 'ENV GOLANG_VERSION=1.24.4' 'WORKDIR /go' 'CMD ["bash"]'
+  seed_image docker.io/library/golang 1.24.4-bullseye linux/amd64 golang-bullseye "${GOLANG_BULLSEYE_CHANGES[@]}"
+  add_arm64_to_golang_bullseye
   seed_image docker.io/library/golang 1.22 linux/amd64,linux/arm64 busybox "$busy_env" 'CMD ["sh"]'
   seed_image nvcr.io/nvidia/distroless/go v3.2.1 linux/amd64,linux/arm64 distroless "$busy_env"
   seed_image registry.access.redhat.com/ubi9/ubi-minimal latest linux/amd64,linux/arm64 busybox "$busy_env" 'CMD ["sh"]'
+  # Extra images of the offline bundle.
+  seed_image docker.io/golangci/golangci-lint v1.64.8 linux/amd64,linux/arm64 busybox "$busy_env" 'CMD ["sh"]'
+  seed_image docker.io/helmunittest/helm-unittest 3.17.2-0.8.1 linux/amd64,linux/arm64 busybox "$busy_env" 'CMD ["sh"]'
 }
 
 install_packages

@@ -1,0 +1,237 @@
+"""Offline bundles: export what a machine with no network needs, import it.
+
+Export builds, through the ordinary graph (so a second export is
+incremental), every node the targets' rules say a bundle needs for one
+platform, and writes their artifacts with a manifest (kaibuild.bundle). It
+also writes cache/actions.json: the action records of those nodes. Keys are
+content addresses that do not depend on the machine, so once import has put
+the records and their files into the local cache, an offline build finds
+base images, tool images and the vendor tree already built.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kaibuild import __version__
+from kaibuild.bundle import BundleWriter, extract_archive, safe_import_plan, verify_bundle
+from kaibuild.cache import OutputRecord
+from kaibuild.context import Context
+from kaibuild.errors import KaibuildError
+from kaibuild.executor import Result, execute
+from kaibuild.fingerprint import sha256_file
+from kaibuild.graph import build_graph
+from kaibuild.platform import Platform
+from kaibuild.report import Reporter
+from kaibuild.rule import Node, NodeId
+
+CACHE_FILE = "cache/actions.json"
+# Never copied into source/: generated output, caches, bundles.
+_NOT_SOURCE = {".git", ".kaibuild", "dist", "bin", "vendor", "offline-bundle"}
+
+
+@dataclass
+class ExportOutcome:
+    path: Path | None
+    result: Result
+    missing: list[str]
+
+
+def export_offline(ctx: Context, platform: Platform, dest: Path, *, archive: bool, allow_missing: bool,
+                   reporter: Reporter) -> ExportOutcome:
+    roots: list[Node] = []
+    for address in sorted(ctx.config.targets):
+        target = ctx.target_node(address, platform)
+        for node in ctx.rules[target.kind].export_nodes(target, ctx):
+            if node.id not in {r.id for r in roots}:
+                roots.append(node)
+    graph = build_graph(roots, ctx)
+    result = execute(graph, ctx, reporter, keep_going=allow_missing)
+    failed = [str(n) for n in result.summary.failed + result.summary.skipped if n in {r.id for r in roots}]
+    if failed and not allow_missing:
+        return ExportOutcome(None, result, failed)
+    if any(n not in {r.id for r in roots} for n in result.summary.failed):
+        return ExportOutcome(None, result, failed)  # something a bundled node needs failed
+    writer = BundleWriter(dest, str(platform), _versions(ctx, roots, result))
+    try:
+        for name in failed:
+            writer.note_missing(name, "could not be built or fetched (see the log above)",
+                                "supply it (a download: put the file in KAIBUILD_DOWNLOAD_DIR) and export again")
+        entries = []
+        for node in roots:
+            record = result.records.get(node.id)
+            if record is None:
+                continue
+            _add_node(writer, ctx, node, record)
+            entries.append(_cache_entry(ctx, node, record, result.keys[node.id], result.materials[node.id]))
+        _add_source(writer, ctx.workspace)
+        cache_json = ctx.store.temp_dir("export-") / "actions.json"
+        cache_json.write_text(json.dumps(entries, indent=1, sort_keys=True))
+        writer.add_file(CACHE_FILE, cache_json)
+        path = writer.commit(archive=archive)
+    except BaseException:
+        writer.abort()
+        raise
+    return ExportOutcome(path, result, failed)
+
+
+def _add_node(writer: BundleWriter, ctx: Context, node: Node, record: OutputRecord) -> None:
+    for bundle_path, record_path in ctx.rules[node.kind].bundle_files(node, record):
+        blob = ctx.store.blob_path(record.files[record_path])
+        if bundle_path.startswith("images/"):
+            reference = node.settings.get("ref") or node.id.label
+            writer.add_image(bundle_path, blob, reference, str(record.meta.get("manifest_digest") or ""))
+        elif bundle_path.startswith("source/"):
+            writer.add_file(bundle_path, blob)
+        else:
+            writer.add_file(bundle_path, blob, executable=record_path in record.executable)
+
+
+def _cache_entry(ctx: Context, node: Node, record: OutputRecord, key: str, material: dict[str, Any]) -> dict[str, Any]:
+    """What import needs to recreate this node's cache entry on another machine."""
+    rule = ctx.rules[node.kind]
+    return {
+        "node": node.id.label, "platform": str(node.id.platform) if node.id.platform else None,
+        "kind": node.kind, "settings": node.settings, "key": key, "material": material, "record": record.to_json(),
+        "files": {record_path: bundle_path for bundle_path, record_path in rule.bundle_files(node, record)},
+        "pin": ({"ref": node.settings["ref"], "digest": record.meta["manifest_digest"]}
+                if node.kind == "base_image" else None),
+    }
+
+
+def _add_source(writer: BundleWriter, workspace: Path) -> None:
+    writer.add_tree("source", workspace, _source_files(workspace))
+
+
+def _source_files(workspace: Path) -> list[str]:
+    """The workspace's tracked files (git), or all files but generated ones."""
+    if (workspace / ".git").exists():
+        listed = subprocess.run(["git", "-C", str(workspace), "ls-files", "-z"], capture_output=True, text=True)
+        if listed.returncode == 0:
+            files = [f for f in listed.stdout.split("\0") if f and f.split("/")[0] not in _NOT_SOURCE]
+            return [f for f in files if (workspace / f).is_file()]
+    found = []
+    for root, dirs, names in os.walk(workspace):
+        dirs[:] = [d for d in dirs if not (Path(root) == workspace and d in _NOT_SOURCE)]
+        found += [(Path(root) / n).relative_to(workspace).as_posix() for n in names]
+    return sorted(found)
+
+
+def _versions(ctx: Context, roots: list[Node], result: Result) -> dict[str, str]:
+    from rules.gotool import go_version
+
+    versions = {"kaibuild": __version__, "go": go_version()}
+    for node in roots:
+        record = result.records.get(node.id)
+        meta = record.meta if record else {}
+        if meta.get("version"):
+            versions[node.id.label] = str(meta.get("resolved_version") or meta["version"])
+        elif node.settings.get("version"):
+            versions[node.id.label] = str(node.settings["version"])
+    envtest = [n for n in roots if n.settings.get("bundle_section") == "envtest" and n.settings.get("version")]
+    if envtest:
+        versions["envtest"] = str(envtest[0].settings["version"])
+    return versions
+
+
+# --- import -------------------------------------------------------------------------
+@dataclass
+class ImportOutcome:
+    manifest: dict[str, Any]
+    images: list[str]
+    placed: list[Path]
+    source_copied: bool
+
+
+def import_offline(ctx: Context, bundle: Path) -> ImportOutcome:
+    """Verify everything first; then fill the cache, load images, place tools."""
+    scratch: Path | None = None
+    if bundle.is_file():
+        scratch = Path(tempfile.mkdtemp(prefix=".kaibuild-import-", dir=ctx.store.tmp))
+        bundle = extract_archive(bundle, scratch / "bundle")
+    try:
+        manifest = verify_bundle(bundle)
+        plan = safe_import_plan(bundle, ctx.workspace)
+        entries = json.loads((bundle / CACHE_FILE).read_text()) if (bundle / CACHE_FILE).is_file() else []
+        _check_entries(entries, manifest)
+        source_copied = _place_source(bundle, ctx.workspace)
+        images = _fill_cache(ctx, bundle, entries)
+        placed = []
+        for src, dest in plan:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dest.with_name(f".{dest.name}.import")
+            shutil.copyfile(src, tmp)
+            os.chmod(tmp, 0o755 if manifest["files"][src.relative_to(bundle).as_posix()].get("executable") else 0o644)
+            os.replace(tmp, dest)
+            placed.append(dest)
+        return ImportOutcome(manifest, images, placed, source_copied)
+    finally:
+        if scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _check_entries(entries: list[dict[str, Any]], manifest: dict[str, Any]) -> None:
+    """Every cache entry's files must be bundle files whose digest it names."""
+    for entry in entries:
+        for record_path, bundle_path in entry["files"].items():
+            listed = manifest["files"].get(bundle_path)
+            if listed is None or listed["sha256"] != entry["record"]["files"].get(record_path):
+                raise KaibuildError(f"bundle cache entry for {entry['node']} does not match {bundle_path}",
+                                    where=CACHE_FILE, fix="re-export the bundle")
+
+
+def _place_source(bundle: Path, workspace: Path) -> bool:
+    """Copy source/ into the workspace if that is empty; vendor/ if it lacks one."""
+    source = bundle / "source"
+    if not source.is_dir():
+        return False
+    empty = not workspace.exists() or not any(workspace.iterdir())
+    parts = [source] if empty else ([source / "vendor"] if not (workspace / "vendor").exists() else [])
+    for part in parts:
+        target = workspace if part == source else workspace / "vendor"
+        tmp = Path(tempfile.mkdtemp(prefix=".kaibuild-source-", dir=workspace.parent if empty else workspace))
+        shutil.copytree(part, tmp / "tree")
+        if empty:
+            workspace.mkdir(parents=True, exist_ok=True)
+            for entry in (tmp / "tree").iterdir():
+                os.replace(entry, workspace / entry.name)
+        else:
+            os.replace(tmp / "tree", target)
+        shutil.rmtree(tmp, ignore_errors=True)
+    return bool(parts)
+
+
+def _fill_cache(ctx: Context, bundle: Path, entries: list[dict[str, Any]]) -> list[str]:
+    """Put each bundled output into the store and record its action, then load images."""
+    images = []
+    for entry in entries:
+        for record_path, bundle_path in entry["files"].items():
+            digest = entry["record"]["files"][record_path]
+            blob = ctx.store.blob_path(digest)
+            if not blob.exists():
+                tmp = ctx.store.temp_dir("import-") / "blob"
+                shutil.copyfile(bundle / bundle_path, tmp)
+                if sha256_file(tmp) != digest:
+                    raise KaibuildError(f"{bundle_path} changed while importing", where=str(bundle / bundle_path))
+                ctx.store.put_file(tmp)
+        record = OutputRecord.from_json(entry["record"])
+        ctx.store.put(entry["key"], record)
+        platform = Platform.parse(entry["platform"]) if entry["platform"] else None
+        # As if this machine had built it: offline builds reuse these inputs.
+        ctx.store.actions.set(f"last:{NodeId(entry['node'], platform)}", {"key": entry["key"], "material": entry["material"]})
+        if entry["pin"]:
+            ctx.store.actions.set(f"pin:{entry['pin']['ref']}@{entry['platform']}", entry["pin"]["digest"])
+        node = Node(id=NodeId(entry["node"], platform), kind=entry["kind"], settings=entry["settings"])
+        rule = ctx.rules[entry["kind"]]
+        if rule.bundle_section(node) == "images":
+            rule.restore(node, ctx, record)
+            images.append(node.settings.get("ref") or node.id.label)
+    return images
+
