@@ -141,7 +141,7 @@ class DockerEngine:
     # --- building and running ---------------------------------------------------
     def build(self, *, context: Path, dockerfile: Path, platform: Platform, dest: Path, log: ActionLog,
               target: str | None, build_args: dict[str, str], build_contexts: dict[str, str],
-              network: str | None = None) -> None:
+              network: str | None = None, tag: str | None = None) -> None:
         """buildx build into a docker-archive tarball for exactly one platform.
 
         SOURCE_DATE_EPOCH=0 and rewrite-timestamp make the image reproducible,
@@ -151,9 +151,9 @@ class DockerEngine:
         common = dict(context_path=context, file=dockerfile, platforms=[str(platform)], target=target,
                       build_args={**build_args, "SOURCE_DATE_EPOCH": "0"}, build_contexts=build_contexts,
                       network=network, provenance=False, progress="plain", stream_logs=True)
-        log.write(f"buildx build {context} -f {dockerfile} --platform {platform} --target {target}")
+        log.write(f"buildx build {context} -f {dockerfile} --platform {platform}" + (f" --target {target}" if target else ""))
         if self.containerd_store:
-            output = {"type": "docker", "dest": str(dest), "rewrite-timestamp": "true"}
+            output = {"type": "docker", "dest": str(dest), "rewrite-timestamp": "true", **({"name": tag} if tag else {})}
             with _translated(f"buildx build of {dockerfile}", log):
                 for line in self.client.buildx.build(**common, output=output):
                     log.write(line.rstrip("\n"))
@@ -162,7 +162,7 @@ class DockerEngine:
         # (field case C3): build into the engine, then save that one image.
         iidfile = dest.with_suffix(".iid")
         with _translated(f"buildx build of {dockerfile}", log):
-            for line in self.client.buildx.build(**common, load=True, metadata_file=iidfile):
+            for line in self.client.buildx.build(**common, load=True, metadata_file=iidfile, tags=[tag] if tag else []):
                 log.write(line.rstrip("\n"))
             image_id = json.loads(iidfile.read_text())["containerimage.config.digest"]
             self.client.image.save(image_id, output=dest)

@@ -43,6 +43,7 @@ class DockerImageRule(Rule):
         "inputs": list,  # addresses whose outputs are placed into the context
         "exec_platform": bool,  # build for the machine that runs the build (tool images)
         "verify_binary": str,  # a path in the image whose ELF arch must match the platform
+        "tag": str,  # the name `docker load` gives the image, e.g. registry/local/kai-scheduler/scheduler:0.0.0
         # RUN steps to replace, e.g. one that curls kubectl, by a step using a
         # pinned download from `inputs`: [{contains = "dl.k8s.io", with = "COPY ..."}].
         # The user's Dockerfile is not edited: a patched copy is built.
@@ -100,7 +101,8 @@ class DockerImageRule(Rule):
         tarball = out / TARBALL
         ctx.docker.build(context=staged, dockerfile=self._dockerfile(node, ctx), platform=platform,
                          dest=tarball, log=log, target=node.settings.get("stage"), build_args=inputs["build_args"],
-                         build_contexts=build_contexts, network="none" if ctx.options.offline else None)
+                         build_contexts=build_contexts, network="none" if ctx.options.offline else None,
+                         tag=node.settings.get("tag"))
         meta = verify_image(tarball, node, platform)
         return RunResult(out, meta)
 

@@ -26,6 +26,8 @@ from kaibuild.rule import Node, Rule, RunResult
 from rules.docker_image import image_name
 from rules.gotool import go_version, list_packages, module_fingerprint, vendor_view
 
+# Bump when what _packages stores changes shape, so old cache entries are not misread.
+_GOLIST_FORMAT = 2
 _FILE_LISTS = ("GoFiles", "CgoFiles", "CFiles", "CXXFiles", "HFiles", "SFiles", "SysoFiles", "EmbedFiles")
 
 
@@ -57,7 +59,7 @@ class GoBinaryRule(Rule):
         for pkg in packages:
             if pkg.get("Standard") or not (pkg.get("Module") or {}).get("Main"):
                 continue  # the standard library is the builder's; modules come from vendor
-            directory = Path(pkg["Dir"]).relative_to(ctx.workspace)
+            directory = Path(pkg["Dir"])  # relative to the workspace
             files += [(directory / name).as_posix() for key in _FILE_LISTS for name in pkg.get(key) or []]
         files += [f for f in ("go.mod", "go.sum") if (ctx.workspace / f).exists()]
         return {
@@ -102,7 +104,7 @@ class GoBinaryRule(Rule):
     def _packages(self, node: Node, ctx: Context, vendor: OutputRecord, env: dict[str, str]) -> list[dict]:
         """`go list -deps` of the package, reused while no .go file of the
         module, go.mod, the vendor tree, the Go version or the env changed."""
-        memo_key = key_of({"module": module_fingerprint(ctx), "vendor": vendor.digest, "env": env,
+        memo_key = key_of({"format": _GOLIST_FORMAT, "module": module_fingerprint(ctx), "vendor": vendor.digest, "env": env,
                            "package": node.settings["package"], "go": go_version()})
         cached = ctx.store.actions.get(f"golist:{memo_key}")
         if cached is not None:

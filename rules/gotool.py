@@ -42,12 +42,19 @@ def go_version() -> str:
 _MODULE_SOURCE_VARS = ("GOPROXY", "GONOPROXY", "GOPRIVATE", "GONOSUMDB", "GOSUMDB", "GOINSECURE", "GOMODCACHE")
 
 
-@cache
 def _module_source_settings() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GOFLAGS")}
+    # Asked of `go env` (which also reads `go env -w` settings) once per
+    # distinct environment, since the answer depends on it.
+    return dict(_go_env_values(tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("GO") or k == "HOME"))))
+
+
+@cache
+def _go_env_values(go_environ: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("GO")}, **dict(go_environ)}
+    env.pop("GOFLAGS", None)
     done = subprocess.run([go_command(), "env", "-json", *_MODULE_SOURCE_VARS], capture_output=True, text=True, env=env)
     values = json.loads(done.stdout) if done.returncode == 0 and done.stdout.strip() else {}
-    return {k: v for k, v in values.items() if v}
+    return tuple(sorted((k, v) for k, v in values.items() if v))
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -144,14 +151,15 @@ def list_packages(workspace: Path, vendor_dir: Path, package: str, env: dict[str
         value, position = decoder.raw_decode(text, position)
         packages.append(value)
     for pkg in packages:
-        pkg["Dir"] = _unview(pkg.get("Dir", ""), view, workspace)
+        pkg["Dir"] = _unview(pkg.get("Dir", ""), view)
     return packages
 
 
-def _unview(directory: str, view: Path, workspace: Path) -> str:
-    path = Path(directory)
+def _unview(directory: str, view: Path) -> str:
+    """A package directory relative to the workspace root (so a result can be
+    reused by any copy of the same tree), or as Go gave it if outside."""
     try:
-        return str(workspace / path.relative_to(view))
+        return Path(directory).relative_to(view).as_posix()
     except ValueError:
         return directory
 

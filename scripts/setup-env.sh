@@ -16,6 +16,10 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 
 log() { echo "setup-env: $*" >&2; }
 mkdir -p "$STATE" "$RUN"
+# One run at a time: tests and people start it concurrently, and two runs
+# would build in the same directories. (Daemons started below close fd 9.)
+exec 9>"$RUN/setup-env.lock"
+flock -n 9 || { log "waiting for another run of setup-env.sh"; flock 9; }
 
 # --- packages -----------------------------------------------------------
 install_packages() {
@@ -133,7 +137,7 @@ JSON
   log "starting dockerd"
   nohup dockerd --config-file "$STATE/daemon.json" --data-root "$STATE/docker" \
     --exec-root "$RUN/exec" --pidfile "$RUN/docker.pid" --host "$DOCKER_HOST" \
-    >"$STATE/dockerd.log" 2>&1 &
+    >"$STATE/dockerd.log" 2>&1 9>&- &
   for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && return 0; sleep 1; done
   log "dockerd did not start; see $STATE/dockerd.log"; tail -20 "$STATE/dockerd.log" >&2; exit 1
 }
@@ -151,7 +155,7 @@ storage:
 http: {addr: $REGISTRY}
 YML
   log "starting registry on $REGISTRY"
-  nohup docker-registry serve "$STATE/registry.yml" >"$STATE/registry.log" 2>&1 &
+  nohup docker-registry serve "$STATE/registry.yml" >"$STATE/registry.log" 2>&1 9>&- &
   for _ in $(seq 1 30); do curl -fsS "http://$REGISTRY/v2/" >/dev/null 2>&1 && return 0; sleep 0.5; done
   log "registry did not start; see $STATE/registry.log"; exit 1
 }

@@ -120,19 +120,20 @@ def copy_kai_mini_from(source: Path, dest: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def second_engine(tmp_path_factory: pytest.TempPathFactory, docker_env: dict) -> Iterator[dict[str, str]]:
-    """A second, empty Docker engine on this machine (a fresh CI runner's).
-
-    It has its own data and socket, no bridge network (its builds need
-    none), and reaches the same loopback registry.
-    """
+    """A second, empty Docker engine on this machine (a fresh CI runner's, or
+    the machine with no network): its own data, socket and network namespace,
+    so it has no route to the loopback registry and its bridge is its own."""
     root = Path(tempfile.mkdtemp(prefix="kb-engine2-", dir="/var/tmp"))
+    namespace = f"kaibuild-{root.name}"
+    subprocess.run(["ip", "netns", "add", namespace], check=True)
+    subprocess.run(["ip", "netns", "exec", namespace, "ip", "link", "set", "lo", "up"], check=True)
     sock = root / "docker.sock"
     config = root / "daemon.json"
     config.write_text(json.dumps({"features": {"containerd-snapshotter": True}}))
     log = open(root / "dockerd.log", "w")
     process = subprocess.Popen(
-        ["dockerd", "--config-file", str(config), "--data-root", str(root / "data"), "--exec-root", str(root / "exec"),
-         "--pidfile", str(root / "docker.pid"), "--host", f"unix://{sock}", "--bridge", "none", "--iptables=false"],
+        ["ip", "netns", "exec", namespace, "dockerd", "--config-file", str(config), "--data-root", str(root / "data"),
+         "--exec-root", str(root / "exec"), "--pidfile", str(root / "docker.pid"), "--host", f"unix://{sock}"],
         stdout=log, stderr=subprocess.STDOUT)
     env = {"DOCKER_HOST": f"unix://{sock}"}
     for _ in range(60):
@@ -148,5 +149,5 @@ def second_engine(tmp_path_factory: pytest.TempPathFactory, docker_env: dict) ->
         process.wait(timeout=30)
     except subprocess.TimeoutExpired:
         process.kill()
-    subprocess.run(["umount", "-R", str(root / "exec")], capture_output=True)
+    subprocess.run(["ip", "netns", "delete", namespace], capture_output=True)
     shutil.rmtree(root, ignore_errors=True)

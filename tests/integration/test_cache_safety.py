@@ -82,5 +82,5 @@ def test_sigkill_mid_build_leaves_a_sound_cache(warm_copy: tuple[Path, Path], de
     check_cache(cache)
     loaded = subprocess.run(["docker", "load", "-q", "-i", str(ws / "dist/linux_amd64/scheduler.tar")],
                             capture_output=True, text=True, check=True).stdout.split()[-1]
-    out = subprocess.run(["docker", "run", "--rm", loaded], capture_output=True, text=True)
+    out = subprocess.run(["docker", "run", "--rm", "--network", "none", loaded], capture_output=True, text=True)
     assert f"kai-mini-scheduler-kill-{delay}" in out.stdout

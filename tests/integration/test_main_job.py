@@ -35,7 +35,8 @@ def executed(run: Run) -> set[str]:
 def load_and_run(tarball: Path, platform: str) -> str:
     loaded = subprocess.run(["docker", "load", "-q", "-i", str(tarball)], capture_output=True, text=True, check=True)
     image = loaded.stdout.strip().split()[-1]
-    done = subprocess.run(["docker", "run", "--rm", "--platform", platform, image], capture_output=True, text=True)
+    done = subprocess.run(["docker", "run", "--rm", "--network", "none", "--platform", platform, image],
+                          capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     return done.stdout
 
