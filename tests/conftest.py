@@ -132,7 +132,9 @@ def second_engine(tmp_path_factory: pytest.TempPathFactory, docker_env: dict) ->
     config.write_text(json.dumps({"features": {"containerd-snapshotter": True}}))
     log = open(root / "dockerd.log", "w")
     process = subprocess.Popen(
-        ["ip", "netns", "exec", namespace, "dockerd", "--config-file", str(config), "--data-root", str(root / "data"),
+        # nsenter joins only the network namespace (`ip netns exec` would also
+        # remount /sys, hiding the cgroup mounts dockerd needs).
+        ["nsenter", f"--net=/var/run/netns/{namespace}", "dockerd", "--config-file", str(config), "--data-root", str(root / "data"),
          "--exec-root", str(root / "exec"), "--pidfile", str(root / "docker.pid"), "--host", f"unix://{sock}"],
         stdout=log, stderr=subprocess.STDOUT)
     env = {"DOCKER_HOST": f"unix://{sock}"}

@@ -174,3 +174,24 @@ def test_c5_go_line_newer_than_local_go_names_both_versions(exported: dict, tmp_
     assert run.returncode != 0
     failure = next(e for e in run.events if e["event"] == "failed")
     assert "1.99.0" in failure["error"] and "1.24.4" in failure["error"]
+
+
+def test_export_for_arm64_from_an_amd64_host_is_all_arm64(warm: tuple[Path, Path], tmp_path: Path) -> None:
+    from tests.conftest import clone_cache
+
+    ws = copy_kai_mini_from(warm[0], tmp_path / "kai-mini")
+    bundle_config(ws)
+    env = {"KAIBUILD_DOWNLOAD_DIR": str(downloads_dir(tmp_path, "arm64"))}
+    run = kaibuild(ws, "export-offline", "--platform", "linux/arm64", "-o", str(tmp_path / "bundle"),
+                   cache_dir=clone_cache(warm[1], tmp_path / "cache"), env=env)
+    assert run.returncode == 0, run.stderr
+    bundle = tmp_path / "bundle"
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["platform"] == "linux/arm64"
+    assert "//build:builder" in {image["reference"] for image in manifest["images"]}
+    for image in manifest["images"]:
+        [found] = read_images(bundle / image["path"])
+        assert found.architecture == "arm64", image["reference"]
+    for folder in ("tools", "envtest"):
+        for binary in (bundle / folder).iterdir():
+            assert elf_arch(binary.read_bytes()[:64]) == "arm64", binary
