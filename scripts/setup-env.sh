@@ -135,9 +135,11 @@ start_dockerd() {
 {"features": {"containerd-snapshotter": true}, "storage-driver": "overlayfs"}
 JSON
   log "starting dockerd"
-  nohup dockerd --config-file "$STATE/daemon.json" --data-root "$STATE/docker" \
+  # setsid: the engine outlives the shell (and process group) that started
+  # it; logs are appended so a restart keeps the evidence of a crash.
+  setsid nohup dockerd --config-file "$STATE/daemon.json" --data-root "$STATE/docker" \
     --exec-root "$RUN/exec" --pidfile "$RUN/docker.pid" --host "$DOCKER_HOST" \
-    >"$STATE/dockerd.log" 2>&1 9>&- &
+    >>"$STATE/dockerd.log" 2>&1 9>&- &
   for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && return 0; sleep 1; done
   log "dockerd did not start; see $STATE/dockerd.log"; tail -20 "$STATE/dockerd.log" >&2; exit 1
 }
@@ -155,7 +157,7 @@ storage:
 http: {addr: $REGISTRY}
 YML
   log "starting registry on $REGISTRY"
-  nohup docker-registry serve "$STATE/registry.yml" >"$STATE/registry.log" 2>&1 9>&- &
+  setsid nohup docker-registry serve "$STATE/registry.yml" >>"$STATE/registry.log" 2>&1 9>&- &
   for _ in $(seq 1 30); do curl -fsS "http://$REGISTRY/v2/" >/dev/null 2>&1 && return 0; sleep 0.5; done
   log "registry did not start; see $STATE/registry.log"; exit 1
 }
