@@ -50,6 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("targets", nargs="+", help="addresses or patterns: //services:scheduler, //...")
     build.add_argument("--dist", type=Path, default=None, help="where tarballs go (default: WORKSPACE/dist)")
     build.add_argument("--explain", action="store_true", help="say why each executed action ran")
+    build.add_argument("--buildkit-cache", type=Path, default=None,
+                       help="also export BuildKit's layer cache to DIR and import it from there (cache-to/cache-from)")
     build.add_argument("--keep-going", "-k", action="store_true", help="after a failure, still run independent actions")
     build.add_argument("--json", action="store_true", help="JSON-lines events on stdout instead of progress")
     build.add_argument("-v", "--verbose", action="store_true")
@@ -274,7 +276,9 @@ def _setup(args: argparse.Namespace, exec_platform: Platform | None = None) -> t
         raise ConfigError(f"workspace {workspace} is not a directory", where="--workspace")
     config = load_config(workspace, _schemas())
     store = Store(_cache_dir(args, workspace))
-    options = Options(offline=args.offline, verbose=getattr(args, "verbose", False), exec_platform=exec_platform)
+    layer_cache = getattr(args, "buildkit_cache", None)
+    options = Options(offline=args.offline, verbose=getattr(args, "verbose", False), exec_platform=exec_platform,
+                      buildkit_cache=layer_cache.resolve() if layer_cache else None)
     return config, Context(config, store, _rules(), options)
 
 

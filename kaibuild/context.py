@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kaibuild.address import Address
@@ -24,6 +25,7 @@ class Options:
     offline: bool = False
     verbose: bool = False
     exec_platform: Platform | None = None  # where tools will run, if not this engine (an offline bundle's)
+    buildkit_cache: Path | None = None  # BuildKit layer cache directory (cache-to/cache-from type=local)
 
 
 class Context:

@@ -141,7 +141,7 @@ class DockerEngine:
     # --- building and running ---------------------------------------------------
     def build(self, *, context: Path, dockerfile: Path, platform: Platform, dest: Path, log: ActionLog,
               target: str | None, build_args: dict[str, str], build_contexts: dict[str, str],
-              network: str | None = None, tag: str | None = None) -> None:
+              network: str | None = None, tag: str | None = None, layer_cache: Path | None = None) -> None:
         """buildx build into a docker-archive tarball for exactly one platform.
 
         SOURCE_DATE_EPOCH=0 and rewrite-timestamp make the image reproducible,
@@ -151,6 +151,9 @@ class DockerEngine:
         common = dict(context_path=context, file=dockerfile, platforms=[str(platform)], target=target,
                       build_args={**build_args, "SOURCE_DATE_EPOCH": "0"}, build_contexts=build_contexts,
                       network=network, provenance=False, progress="plain", stream_logs=True)
+        if layer_cache is not None:  # BuildKit's own layer cache, kept in a directory (e.g. saved by CI)
+            common["cache_from"] = {"type": "local", "src": str(layer_cache)} if (layer_cache / "index.json").exists() else None
+            common["cache_to"] = {"type": "local", "dest": str(layer_cache), "mode": "max"}
         log.write(f"buildx build {context} -f {dockerfile} --platform {platform}" + (f" --target {target}" if target else ""))
         if self.containerd_store:
             output = {"type": "docker", "dest": str(dest), "rewrite-timestamp": "true", **({"name": tag} if tag else {})}

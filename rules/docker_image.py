@@ -102,7 +102,7 @@ class DockerImageRule(Rule):
         ctx.docker.build(context=staged, dockerfile=self._dockerfile(node, ctx), platform=platform,
                          dest=tarball, log=log, target=node.settings.get("stage"), build_args=inputs["build_args"],
                          build_contexts=build_contexts, network="none" if ctx.options.offline else None,
-                         tag=node.settings.get("tag"))
+                         tag=node.settings.get("tag"), layer_cache=ctx.options.buildkit_cache)
         meta = verify_image(tarball, node, platform)
         return RunResult(out, meta)
 

@@ -53,3 +53,14 @@ def test_image_removed_behind_kaibuilds_back_is_restored_not_rebuilt(warm_copy: 
     assert run.returncode == 0, run.stderr
     assert "//build:builder [linux/amd64]" in run.nodes("cached")
     assert run.nodes("finished") == {"//services:binder-bin [linux/amd64]", "//services:binder [linux/amd64]"}
+
+
+def test_buildkit_layer_cache_goes_to_a_directory(warm_copy: tuple[Path, Path], tmp_path: Path) -> None:
+    ws, cache = warm_copy
+    dockerfile = ws / "Dockerfile"
+    dockerfile.write_text(dockerfile.read_text().replace("USER 65532:65532", 'LABEL org.example.layer-cache="1"\nUSER 65532:65532'))
+    layers = tmp_path / "buildkit-cache"
+    run = kaibuild(ws, "build", "//services:binder", "--platform", "linux/amd64", "--buildkit-cache", str(layers), cache_dir=cache)
+    assert run.returncode == 0, run.stderr
+    assert run.nodes("finished") == {"//services:binder [linux/amd64]"}
+    assert (layers / "index.json").is_file() and any((layers / "blobs" / "sha256").iterdir())
