@@ -80,37 +80,28 @@ install_go() {
 
 # Go $GO_VERSION for linux/arm64 (for the arm64 golang:*-bullseye stand-in).
 # Taken from the Go module proxy when it has it; otherwise (some proxies carry
-# only a few arm64 toolchains) cross-built from the amd64 toolchain's source
-# with Go's own release packager (make.bash -distpack), which writes the same
-# golang.org/toolchain module zip the proxy serves (Go builds reproducibly).
-# Runs in $(...), where bash drops set -e: hence the explicit checks.
+# only a few arm64 toolchains) from Debian 13's golang-1.24-go:arm64, which is
+# Go $GO_VERSION too (its src/ etc. are symlinks into golang-1.24-src: copied
+# dereferenced). Runs in $(...), where bash drops set -e: hence the checks.
 go_arm64_root() { # -> GOROOT path with bin/go for linux/arm64
-  local dir="$STATE/go-linux-arm64" mod="golang.org/toolchain@v0.0.1-go$GO_VERSION.linux-arm64"
-  local work="$STATE/go-src-linux-arm64" root
+  local dir="$STATE/go-linux-arm64" mod="golang.org/toolchain@v0.0.1-go$GO_VERSION.linux-arm64" root dl
   [ -f "$dir/bin/go" ] && grep -qx "go$GO_VERSION" "$dir/VERSION" 2>/dev/null && { echo "$dir"; return; }
   rm -rf "$dir.tmp"
   root=$(GOFLAGS=-mod=mod GOTOOLCHAIN=local go mod download -json "$mod" 2>/dev/null | sed -n 's/.*"Dir": "\(.*\)".*/\1/p') || true
-  if [ -z "$root" ] || [ ! -f "$root/bin/go" ]; then
-    log "$mod is not on the Go module proxy; building it from source with make.bash -distpack (a few minutes)"
-    [ ! -d "$work" ] || chmod -R u+w "$work"; rm -rf "$work"
-    cp -a "$STATE/go" "$work"; chmod -R u+w "$work"; rm -rf "$work/pkg/distpack"
-    # The module form renames every go.mod to _go.mod; the build needs them back.
-    find "$work/src" -name _go.mod -exec sh -c 'for f; do d=${f%/_go.mod}; [ -e "$d/go.mod" ] || mv "$f" "$d/go.mod"; done' sh {} +
-    (cd "$work/src" && env -u GOROOT -u GOPATH -u GOBIN -u GOFLAGS -u GOEXPERIMENT -u CGO_ENABLED \
-      GOROOT_BOOTSTRAP="$STATE/go" GOTOOLCHAIN=local GOOS=linux GOARCH=arm64 bash make.bash -distpack >&2) ||
-      { log "building Go $GO_VERSION for linux/arm64 failed"; exit 1; }
-    # distpack also wrote the module form; take it through a file proxy into
-    # a private module cache, so the result is what the proxy would serve.
-    mkdir -p "$work/proxy/golang.org/toolchain/@v"
-    cp "$work/pkg/distpack/v0.0.1-go$GO_VERSION.linux-arm64."{info,mod,zip} "$work/proxy/golang.org/toolchain/@v/" || exit 1
-    root=$(GOMODCACHE="$work/modcache" GOPROXY="file://$work/proxy" GOSUMDB=off GOFLAGS=-mod=mod GOTOOLCHAIN=local \
-      go mod download -json "$mod" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p') || true
-    [ -n "$root" ] && [ -f "$root/bin/go" ] || { log "could not unpack the $mod built here"; exit 1; }
+  if [ -n "$root" ] && [ -f "$root/bin/go" ]; then
+    cp -a "$root" "$dir.tmp"; chmod -R u+w "$dir.tmp"
+    # The module cache stores files read-only and without exec bits.
+    chmod +x "$dir.tmp"/bin/* "$dir.tmp"/pkg/tool/*/*
+  else
+    log "$mod is not on the Go module proxy; using Debian's golang-1.24-go:arm64"
+    dpkg --print-foreign-architectures | grep -q arm64 || { dpkg --add-architecture arm64; apt-get update -qq >&2; }
+    dl=$(mktemp -d)
+    (cd "$dl" && apt-get download -qq -t trixie golang-1.24-go:arm64 golang-1.24-src >&2) || { log "apt-get download of Go for arm64 failed"; exit 1; }
+    for deb in "$dl"/*.deb; do dpkg-deb -x "$deb" "$dl/x" || exit 1; done
+    grep -qx "go$GO_VERSION" "$dl/x/usr/lib/go-1.24/VERSION" || { log "Debian's Go for arm64 is not $GO_VERSION"; exit 1; }
+    cp -aL "$dl/x/usr/lib/go-1.24" "$dir.tmp" || exit 1
+    rm -rf "$dl"
   fi
-  cp -a "$root" "$dir.tmp"; chmod -R u+w "$dir.tmp"
-  # The module cache stores files read-only and without exec bits.
-  chmod +x "$dir.tmp"/bin/* "$dir.tmp"/pkg/tool/*/*
-  [ ! -d "$work" ] || { chmod -R u+w "$work"; rm -rf "$work"; }
   file -L "$dir.tmp/bin/go" | grep -q aarch64 || { log "$dir.tmp/bin/go is not an arm64 binary"; exit 1; }
   rm -rf "$dir"; mv "$dir.tmp" "$dir"; echo "$dir"
 }
