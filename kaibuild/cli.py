@@ -113,7 +113,7 @@ def _build(args: argparse.Namespace) -> int:
 def _list(args: argparse.Namespace) -> int:
     config = load_config(args.workspace.resolve(), _schemas())
     for address, spec in sorted(config.targets.items()):
-        print(f"{address}\t{spec.kind}")
+        print(f"{address}\t{spec.kind}" + ("\t(manual: not in //...)" if spec.manual else ""))
     return 0
 
 
@@ -299,7 +299,8 @@ def _platforms(args: argparse.Namespace, config: Config) -> list[Platform]:
 def _roots(patterns: list[str], config: Config, ctx: Context, platforms: list[Platform]) -> list[Node]:
     selected: list[Address] = []
     for pattern in patterns:
-        found = [a for a in sorted(config.targets) if matches(pattern, a)]
+        wildcard = pattern.rstrip().endswith("...")
+        found = [a for a in sorted(config.targets) if matches(pattern, a) and not (wildcard and config.targets[a].manual)]
         if not found:
             raise ConfigError(f"no target matches {pattern}", where=str(config.path),
                               fix="see 'kaibuild list' for the targets")

@@ -25,7 +25,7 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / CONFIG_NAME
 # Placeholders a rule fills in per action, so the loader must leave them be.
 LATE_PLACEHOLDERS = frozenset({"os", "arch", "variant", "platform", "module"})
 _TOP_LEVEL = {"workspace", "registry", "vars", "lists", "target"}
-_TARGET_COMMON = {"address", "kind", "for_each"}
+_TARGET_COMMON = {"address", "kind", "for_each", "manual"}
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,7 @@ class TargetSpec:
     kind: str
     settings: dict[str, Any]
     where: str  # "file:line" of the [[target]] that declared it
+    manual: bool = False  # left out of //... patterns (as Bazel's "manual" tag); built when named
 
 
 @dataclass
@@ -160,7 +161,10 @@ def _expand_target(raw: dict[str, Any], index: int, variables: dict[str, str], l
             address = Address.parse(address_text)
         except ConfigError as exc:
             raise ConfigError(exc.message, where=locate.target(index, "address"), fix=exc.fix) from None
-        specs.append(TargetSpec(address=address, kind=kind, settings=settings, where=where))
+        manual = raw.get("manual", False)
+        if not isinstance(manual, bool):
+            raise ConfigError("manual must be true or false", where=locate.target(index, "manual"))
+        specs.append(TargetSpec(address=address, kind=kind, settings=settings, where=where, manual=manual))
     return specs
 
 

@@ -64,3 +64,15 @@ def test_buildkit_layer_cache_goes_to_a_directory(warm_copy: tuple[Path, Path], 
     assert run.returncode == 0, run.stderr
     assert run.nodes("finished") == {"//services:binder [linux/amd64]"}
     assert (layers / "index.json").is_file() and any((layers / "blobs" / "sha256").iterdir())
+
+
+def test_noop_build_of_everything_says_0_executed_and_its_time(warm_copy: tuple[Path, Path]) -> None:
+    import re
+
+    ws, cache = warm_copy
+    first = kaibuild(ws, "build", "//...", "--platform", "linux/amd64", cache_dir=cache)
+    assert first.returncode == 0, first.stderr
+    noop = kaibuild(ws, "build", "//...", "--platform", "linux/amd64", cache_dir=cache, json_events=False)
+    assert noop.returncode == 0, noop.stderr
+    summary = noop.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(r"kaibuild: 0 executed, \d+ cached in \d+\.\ds", summary), summary

@@ -96,3 +96,24 @@ def test_workspace_without_config_uses_the_kai_layout(tmp_path: Path) -> None:
     config = load_config(tmp_path, _schemas())
     assert Address.parse("//services:scheduler") in config.targets
     assert config.targets[Address.parse("//services:scheduler")].settings["build_args"] == {"SERVICE_NAME": "scheduler"}
+
+
+def test_manual_targets_are_left_out_of_wildcards(tmp_path: Path) -> None:
+    from kaibuild.cache import Store
+    from kaibuild.cli import _roots
+    from kaibuild.context import Context
+    from kaibuild.platform import Platform
+
+    ws = write(tmp_path, '[[target]]\naddress = "//a:auto"\nkind = "thing"\n[[target]]\naddress = "//a:by-name"\nkind = "thing"\n'
+                         'manual = true\n')
+    config = load_config(ws, SCHEMAS)
+    assert config.targets[Address.parse("//a:by-name")].manual
+
+    class Thing:
+        def node_platform(self, settings: dict, requested: object, ctx: object) -> object:
+            return requested
+
+    ctx = Context(config, Store(tmp_path / "cache"), {"thing": Thing()})  # type: ignore[dict-item]
+    amd64 = [Platform.parse("linux/amd64")]
+    assert [n.id.label for n in _roots(["//..."], config, ctx, amd64)] == ["//a:auto"]
+    assert [n.id.label for n in _roots(["//a:by-name"], config, ctx, amd64)] == ["//a:by-name"]
