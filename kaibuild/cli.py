@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import sys
 from pathlib import Path
@@ -31,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("kaibuild: interrupted\n")
         return 130
+    except BrokenPipeError:  # e.g. `kaibuild graph | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -302,8 +306,10 @@ def _roots(patterns: list[str], config: Config, ctx: Context, platforms: list[Pl
         wildcard = pattern.rstrip().endswith("...")
         found = [a for a in sorted(config.targets) if matches(pattern, a) and not (wildcard and config.targets[a].manual)]
         if not found:
+            close = difflib.get_close_matches(pattern, [str(a) for a in config.targets], n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
             raise ConfigError(f"no target matches {pattern}", where=str(config.path),
-                              fix="see 'kaibuild list' for the targets")
+                              fix=hint + "see 'kaibuild list' for the targets")
         selected += [a for a in found if a not in selected]
     roots = []
     for address in selected:

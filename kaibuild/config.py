@@ -72,6 +72,8 @@ def load_config(workspace: Path, schemas: dict[str, dict[str, type | tuple[type,
         if key not in _TOP_LEVEL:
             raise ConfigError(f"unknown section [{key}]", where=locate(key),
                               fix=f"use one of: {', '.join(sorted(_TOP_LEVEL))}")
+    _check_keys(data, "workspace", {"default_platforms", "dist_dir"}, locate)
+    _check_keys(data, "registry", {"mirrors"}, locate)
     ws = data.get("workspace", {})
     platforms = ws.get("default_platforms", ["linux/amd64"])
     if not isinstance(platforms, list) or not platforms:
@@ -96,6 +98,13 @@ def load_config(workspace: Path, schemas: dict[str, dict[str, type | tuple[type,
                                   fix=f"rename one of them (the other is at {config.targets[spec.address].where})")
             config.targets[spec.address] = spec
     return config
+
+
+def _check_keys(data: dict[str, Any], table: str, known: set[str], locate: _Locator) -> None:
+    for key in data.get(table, {}):
+        if key not in known:
+            raise ConfigError(f"unknown setting {key!r} in [{table}]", where=locate(table, key),
+                              fix=f"[{table}] settings are: {', '.join(sorted(known))}")
 
 
 def parse_mirrors(text: str) -> dict[str, str]:

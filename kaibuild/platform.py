@@ -28,8 +28,8 @@ class Platform:
     @classmethod
     def parse(cls, text: str) -> Platform:
         parts = [p for p in text.strip().lower().split("/") if p]
-        if len(parts) == 1:  # a bare arch like "arm64" means linux
-            parts = ["linux", parts[0]]
+        if (len(parts) in (1, 2) and parts[0] in _ARCH_ALIASES) or parts[:1] == ["armv7"]:
+            parts = ["linux", *parts]  # a bare arch like "arm64" or "arm64/v8" means linux
         if len(parts) not in (2, 3):
             raise ConfigError(f"invalid platform {text!r}", fix="write it as os/arch[/variant], e.g. linux/amd64")
         os_, arch = parts[0], parts[1]

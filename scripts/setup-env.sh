@@ -4,7 +4,7 @@
 # with buildx, QEMU binfmt for arm64, Go 1.24.4, and a loopback registry
 # seeded with stand-in base images under the names kaibuild.toml uses.
 # Idempotent: each step checks before it acts, so a second run takes seconds.
-# Prints nothing on stdout but the environment to source (see scripts/env.sh).
+# Prints nothing on stdout but the environment to source (scripts/dev-env.sh sources it).
 set -euo pipefail
 
 STATE=${KAIBUILD_ENV_DIR:-/var/lib/kaibuild-env}

@@ -117,3 +117,13 @@ def test_manual_targets_are_left_out_of_wildcards(tmp_path: Path) -> None:
     amd64 = [Platform.parse("linux/amd64")]
     assert [n.id.label for n in _roots(["//..."], config, ctx, amd64)] == ["//a:auto"]
     assert [n.id.label for n in _roots(["//a:by-name"], config, ctx, amd64)] == ["//a:by-name"]
+
+
+def test_typo_in_workspace_or_registry_table_is_an_error(tmp_path: Path) -> None:
+    ws = write(tmp_path, '[workspace]\ndefault_platform = ["linux/arm64"]\n')
+    with pytest.raises(ConfigError) as error:
+        load_config(ws, SCHEMAS)
+    assert ":2 (default_platform)" in str(error.value) and "default_platforms" in error.value.fix
+    ws = write(tmp_path, '[registry]\nmirror = {}\n')
+    with pytest.raises(ConfigError, match="unknown setting 'mirror' in \\[registry\\]"):
+        load_config(ws, SCHEMAS)

@@ -15,6 +15,8 @@ from kaibuild.platform import Platform, parse_platforms
         ("LINUX/ARM64", "linux/arm64"),
         ("linux/arm", "linux/arm/v7"),
         ("linux/armv7", "linux/arm/v7"),
+        ("arm64/v8", "linux/arm64"),
+        ("arm/v7", "linux/arm/v7"),
     ],
 )
 def test_aliases_normalise_to_one_platform(text: str, expected: str) -> None:
