@@ -6,7 +6,8 @@ platform, and writes their artifacts with a manifest (kaibuild.bundle). It
 also writes cache/actions.json: the action records of those nodes. Keys are
 content addresses that do not depend on the machine, so once import has put
 the records and their files into the local cache, an offline build finds
-base images, tool images and the vendor tree already built.
+base images, tool images and tools already built (the vendor tree is taken
+from the workspace's vendor/, which import placed).
 """
 
 from __future__ import annotations
@@ -62,8 +63,9 @@ def export_offline(ctx: Context, platform: Platform, dest: Path, *, archive: boo
     writer = BundleWriter(dest, str(platform), _versions(ctx, roots, result))
     try:
         for name in failed:
-            writer.note_missing(name, "could not be built or fetched (see the log above)",
-                                "supply it (a download: put the file in KAIBUILD_DOWNLOAD_DIR) and export again")
+            writer.note_missing(name, "could not be built or fetched when the bundle was exported",
+                                "fix the cause export reported for it (a download can be supplied as a file in "
+                                "KAIBUILD_DOWNLOAD_DIR), then export again")
         entries = []
         for node in roots:
             record = result.records.get(node.id)

@@ -122,9 +122,10 @@ class DockerImageRule(Rule):
         return "images" if node.settings.get("exec_platform") else None
 
     def export_nodes(self, node: Node, ctx: Context) -> list[Node]:
-        if node.settings.get("exec_platform"):
-            return [node]
-        return [dep for dep in self.expand(node, ctx) if dep.kind == "base_image"]
+        # Base images always go in: a tool image's key depends on its base's
+        # record, so offline the base must be in the cache too.
+        bases = [dep for dep in self.expand(node, ctx) if dep.kind == "base_image"]
+        return [node, *bases] if node.settings.get("exec_platform") else bases
 
     # --- helpers -----------------------------------------------------------------
     def _plan(self, node: Node, ctx: Context) -> DockerfilePlan:
