@@ -118,11 +118,12 @@ def copy_kai_mini_from(source: Path, dest: Path) -> Path:
     return dest
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def second_engine(tmp_path_factory: pytest.TempPathFactory, docker_env: dict) -> Iterator[dict[str, str]]:
     """A second, empty Docker engine on this machine (a fresh CI runner's, or
     the machine with no network): its own data, socket and network namespace,
-    so it has no route to the loopback registry and its bridge is its own."""
+    so it has no route to the loopback registry and its bridge is its own.
+    A new one for each test, so each starts empty."""
     root = Path(tempfile.mkdtemp(prefix="kb-engine2-", dir="/var/tmp"))
     namespace = f"kaibuild-{root.name}"
     subprocess.run(["ip", "netns", "add", namespace], check=True)
