@@ -196,6 +196,9 @@ def _place_source(bundle: Path, workspace: Path) -> bool:
         return False
     empty = not workspace.exists() or not any(workspace.iterdir())
     parts = [source] if empty else ([source / "vendor"] if not (workspace / "vendor").exists() else [])
+    parts = [p for p in parts if p.is_dir()]
+    if empty:
+        workspace.parent.mkdir(parents=True, exist_ok=True)
     for part in parts:
         target = workspace if part == source else workspace / "vendor"
         tmp = Path(tempfile.mkdtemp(prefix=".kaibuild-source-", dir=workspace.parent if empty else workspace))
