@@ -33,7 +33,7 @@ _FILE_LISTS = ("GoFiles", "CgoFiles", "CFiles", "CXXFiles", "HFiles", "SFiles", 
 
 class GoBinaryRule(Rule):
     kind = "go_binary"
-    version = 1
+    version = 2
     settings = {
         "package": str,  # e.g. "./cmd/scheduler"
         "output": str,  # e.g. "bin/scheduler-{arch}"
@@ -83,8 +83,9 @@ class GoBinaryRule(Rule):
         gocache = ctx.store.root / "go-build"  # Go's own cache: safe to share, only speeds up
         gocache.mkdir(exist_ok=True)
         command = ["go", "build", "-mod=vendor", "-trimpath", "-buildvcs=false", "-o", f"/out/{output}"]
-        if inputs["ldflags"]:
-            command += ["-ldflags", inputs["ldflags"]]
+        # An empty build ID: Go's default one hashes the source files, so a
+        # comment-only edit would change the binary and rebuild every image.
+        command += ["-ldflags", f"{inputs['ldflags']} -buildid=".strip()]
         if inputs["tags"]:
             command += ["-tags", ",".join(inputs["tags"])]
         command.append(node.settings["package"])
