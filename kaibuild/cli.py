@@ -58,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="also export BuildKit's layer cache to DIR and import it from there (cache-to/cache-from)")
     build.add_argument("--keep-going", "-k", action="store_true", help="after a failure, still run independent actions")
     build.add_argument("--json", action="store_true", help="JSON-lines events on stdout instead of progress")
-    build.add_argument("-v", "--verbose", action="store_true")
+    build.add_argument("-v", "--verbose", action="store_true", help="echo each action's log while it runs")
     build.set_defaults(handler=_build)
 
     listing = commands.add_parser("list", parents=[common], help="list the targets")
@@ -99,7 +99,7 @@ def _parser() -> argparse.ArgumentParser:
 # --- commands -------------------------------------------------------------------
 def _build(args: argparse.Namespace) -> int:
     config, ctx = _setup(args)
-    reporter: Reporter = JsonLinesReporter() if args.json else ConsoleReporter(verbose=args.verbose)
+    reporter: Reporter = JsonLinesReporter() if args.json else ConsoleReporter()
     try:
         platforms = _platforms(args, config)
         roots = _roots(args.targets, config, ctx, platforms)

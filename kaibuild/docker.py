@@ -120,12 +120,6 @@ class DockerEngine:
     def has_image(self, name_or_id: str) -> bool:
         return self.client.image.exists(name_or_id)
 
-    def load(self, tarball: Path, log: ActionLog | None = None) -> None:
-        with _translated("docker load", log):
-            loaded = self.client.image.load(tarball, quiet=True)
-        if log:
-            log.write(f"loaded {', '.join(loaded)}")
-
     def load_as(self, tarball: Path, name: str, log: ActionLog | None = None) -> None:
         """Load a one-image tarball and give the image `name`."""
         with _translated(f"loading {tarball.name} as {name}", log):

@@ -7,6 +7,7 @@ dependency failed, or the build stopped at the first failure).
 from __future__ import annotations
 
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -104,7 +105,7 @@ def _build_one(node: Node, ctx: Context, reporter: Reporter, index: int, total: 
         reporter.explained(node.id, explain_change(ctx, node.id, material))
     reporter.started(node.id, index, total)
     begun = time.monotonic()
-    log = ActionLog(ctx.store.root / "logs" / f"{key}.log")
+    log = ActionLog(ctx.store.root / "logs" / f"{key}.log", echo=sys.stderr if ctx.options.verbose else None)
     work = ctx.store.temp_dir(f"{node.kind}-")
     try:
         for dep in node.deps.values():

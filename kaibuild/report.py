@@ -72,8 +72,8 @@ class Reporter:
 
 
 class ConsoleReporter(Reporter):
-    def __init__(self, stream: TextIO = sys.stderr, out: TextIO = sys.stdout, verbose: bool = False):
-        self.stream, self.out, self.verbose = stream, out, verbose
+    def __init__(self, stream: TextIO = sys.stderr, out: TextIO = sys.stdout):
+        self.stream, self.out = stream, out
         self._started: dict[NodeId, float] = {}
 
     def _say(self, text: str) -> None:
