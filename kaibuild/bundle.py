@@ -3,7 +3,9 @@
 A bundle is a directory (or one `<name>.tar.zst` made from it):
 
   manifest.json           format, platform, versions, every file's sha256/size
-  images/<name>.tar       docker-archive tarballs, one image for one platform each
+  images/blobs/sha256/*   image layers, configs and manifests, each stored once
+  images/<name>/          each image's own small files; import assembles
+                          images/<name>.tar from them (bundle_images)
   tools/<name>            executables for the bundle's platform
   envtest/<files...>      envtest binaries (kube-apiserver, etcd, kubectl)
   downloads/<name>        other pinned downloads
@@ -26,18 +28,19 @@ import stat
 import tarfile
 import tempfile
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any
 
 import zstandard
 
+from kaibuild.bundle_images import BUNDLE_BLOBS, ImageEntry, ImageParts, assemble, assembled_sha256, blob_path
 from kaibuild.errors import ConfigError, KaibuildError, PlatformMismatch
 from kaibuild.fingerprint import sha256_file
-from kaibuild.image_archive import ArchiveImage, read_images
+from kaibuild.image_archive import ArchiveImage, Member, read_images
 from kaibuild.platform import Platform
 
-FORMAT = 1
+FORMAT = 2  # 2: image blobs stored once (bundle_images)
 MANIFEST = "manifest.json"
 SECTIONS = ("images", "tools", "envtest", "downloads", "source", "cache")
 # versions[ENVTEST_VERSION_KEY] names the Kubernetes version of envtest/,
@@ -46,20 +49,6 @@ ENVTEST_VERSION_KEY = "envtest"
 ARCHIVE_SUFFIX = ".tar.zst"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _REEXPORT = "re-export the bundle on the connected machine (kaibuild export-offline) and copy it again"
-
-
-@dataclass(frozen=True)
-class ImageEntry:
-    path: str  # bundle-relative, images/<name>.tar
-    reference: str  # what the image is called, e.g. the pinned base image or the target's tag
-    digest: str  # as the exporter pinned it; the tarball itself is covered by files[path].sha256
-    os: str
-    architecture: str
-    variant: str
-
-    @property
-    def platform_text(self) -> str:
-        return "/".join(p for p in (self.os, self.architecture, self.variant) if p)
 
 
 # --- paths -------------------------------------------------------------------
@@ -156,20 +145,54 @@ class BundleWriter:
         self._files[rel] = {"sha256": sha256_file(target), "size": target.stat().st_size, "executable": executable}
 
     def add_image(self, relpath: str, src: Path, reference: str, digest: str) -> None:
+        """Add an image tarball as images/<name>.tar: its blobs go to the
+        shared images/blobs/ (once per bundle), its other members to
+        images/<name>/; import assembles the same tarball again."""
         rel = _check_relpath(relpath, where=str(src))
-        if not rel.startswith("images/"):
-            raise KaibuildError(f"image path {rel!r} must be under images/", where=str(src))
-        self.add_file(rel, src)
+        if not rel.startswith("images/") or not rel.endswith(".tar") or rel.startswith(BUNDLE_BLOBS + "/"):
+            raise KaibuildError(f"image path {rel!r} must be images/<name>.tar", where=str(src))
+        if any(entry.path == rel for entry in self._images):
+            raise KaibuildError(f"{rel} added to the bundle twice", where=str(src))
+        image = _read_single_image(src, where=str(src))
+        actual = _image_platform(image)
+        if actual != self.platform:
+            raise PlatformMismatch(f"image {reference} is {actual}, bundle is {self.platform}", where=str(src),
+                                   fix=f"save the image's {self.platform} manifest (pull by its platform digest)")
+        added: list[str] = []
         try:
-            image = _read_single_image(self._root() / rel, where=str(src))
-            actual = _image_platform(image)
-            if actual != self.platform:
-                raise PlatformMismatch(f"image {reference} is {actual}, bundle is {self.platform}", where=str(src),
-                                       fix=f"save the image's {self.platform} manifest (pull by its platform digest)")
-        except KaibuildError:
-            self._forget(rel)
+            with ImageParts(src, rel) as parts:
+                files = parts.files()
+                for bundle_rel, (member, blob_digest) in files.items():
+                    if blob_digest is not None and bundle_rel in self._files:
+                        continue  # a blob an earlier image brought: stored once
+                    self._add_member(bundle_rel, member, where=str(src))
+                    added.append(bundle_rel)
+                    if blob_digest is not None and self._files[bundle_rel]["sha256"] != blob_digest:
+                        raise KaibuildError(f"blob {blob_digest} does not match its digest", where=str(src),
+                                            fix="rebuild the image (kaibuild cache prune, then export again)")
+            entry = ImageEntry(rel, reference, digest, image.os, image.architecture, image.variant, "", 0,
+                               tuple(sorted(d for _, d in files.values() if d is not None)))
+            members = sorted(r for r, (_, d) in files.items() if d is None)
+            sha, size = assembled_sha256(self._root(), entry, members)
+            if sha != sha256_file(src):
+                raise KaibuildError("the image tarball is not in kaibuild's canonical form, so import could not "
+                                    "rebuild it byte for byte", where=str(src),
+                                    fix="rebuild it with this kaibuild (kaibuild cache prune --max-size 0), then export again")
+        except BaseException:
+            for bundle_rel in added:
+                self._forget(bundle_rel)
+            shutil.rmtree(self._root() / rel.removesuffix(".tar"), ignore_errors=True)
             raise
-        self._images.append(ImageEntry(rel, reference, digest, image.os, image.architecture, image.variant))
+        self._images.append(replace(entry, sha256=sha, size=size))
+
+    def _add_member(self, rel: str, member: Member, *, where: str) -> None:
+        target = self._root() / _check_relpath(rel, where=where)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _size, opener = member
+        with opener() as source, open(target, "wb") as out:
+            shutil.copyfileobj(source, out, 1 << 20)
+        os.chmod(target, 0o644)
+        self._files[rel] = {"sha256": sha256_file(target), "size": target.stat().st_size, "executable": False}
 
     def add_tree(self, prefix: str, root: Path, relpaths: Iterable[str]) -> None:
         """Add workspace files under `prefix` (source/), keeping their executable bit.
@@ -197,7 +220,7 @@ class BundleWriter:
             "platform": self.platform,
             "versions": self.versions,
             "files": dict(sorted(self._files.items())),
-            "images": [asdict(entry) for entry in self._images],
+            "images": [entry.to_json() for entry in self._images],
             "missing": list(self._missing),
         }
 
@@ -341,17 +364,18 @@ def _check_manifest_shape(manifest: dict[str, Any], *, where: str) -> None:
         if not (isinstance(info, dict) and isinstance(info.get("sha256"), str) and isinstance(info.get("size"), int)
                 and isinstance(info.get("executable"), bool)):
             raise KaibuildError(f"manifest entry for {rel} needs sha256, size and executable", where=where, fix=_REEXPORT)
-    fields = set(ImageEntry.__dataclass_fields__)
     for entry in manifest["images"]:
-        if not (isinstance(entry, dict) and set(entry) == fields and all(isinstance(v, str) for v in entry.values())):
+        if ImageEntry.from_json(entry) is None:
             raise KaibuildError(f"malformed image entry {entry!r}", where=where, fix=_REEXPORT)
 
 
-def verify_bundle(bundle_dir: Path, expected_platform: str | None = None) -> dict[str, Any]:
+def verify_bundle(bundle_dir: Path, expected_platform: str | None = None,
+                  assemble_into: Path | None = None) -> dict[str, Any]:
     """Check a bundle completely before anything of it is used; returns its manifest.
 
     Cheap checks (platform, unlisted files, sizes) come before hashing, so a
-    wrong bundle fails fast.
+    wrong bundle fails fast. Each image's tarball is assembled and checked;
+    with `assemble_into`, it is kept there at its entry's path for import.
     """
     manifest = read_manifest(bundle_dir)
     platform = str(_platform(manifest["platform"], where=str(bundle_dir / MANIFEST)))
@@ -368,9 +392,41 @@ def verify_bundle(bundle_dir: Path, expected_platform: str | None = None) -> dic
         if sha256_file(bundle_dir / rel) != info["sha256"]:
             raise KaibuildError("sha256 mismatch: the file changed after export (damaged or tampered with)",
                                 where=str(bundle_dir / rel), fix=_REEXPORT)
-    for data in manifest["images"]:
-        _check_image(bundle_dir, ImageEntry(**data), files, platform)
+        if rel.startswith(BUNDLE_BLOBS + "/") and rel != blob_path(info["sha256"]):
+            raise KaibuildError("an image blob's name is not its sha256", where=str(bundle_dir / rel), fix=_REEXPORT)
+    with tempfile.TemporaryDirectory(prefix="kaibuild-verify-") as scratch:
+        for data in manifest["images"]:
+            entry = ImageEntry.from_json(data)
+            assert entry is not None  # read_manifest checked the shape
+            _check_image(bundle_dir, entry, files, platform, assemble_into or Path(scratch))
     return manifest
+
+
+def _check_image(bundle_dir: Path, entry: ImageEntry, files: dict[str, Any], platform: str, into: Path) -> None:
+    manifest_where = str(bundle_dir / MANIFEST)
+    members = sorted(rel for rel in files if rel.startswith(entry.member_dir + "/"))
+    if not members:
+        raise KaibuildError(f"image {entry.reference} has no files under {entry.member_dir}/", where=manifest_where,
+                            fix=_REEXPORT)
+    for hex_digest in entry.blobs:
+        if blob_path(hex_digest) not in files:
+            raise KaibuildError(f"image {entry.reference} needs {blob_path(hex_digest)}, which is not in the bundle",
+                                where=manifest_where, fix=_REEXPORT)
+    tarball = into / entry.path
+    tarball.parent.mkdir(parents=True, exist_ok=True)
+    with open(tarball, "wb") as out:
+        assemble(bundle_dir, entry, members, out)
+    if sha256_file(tarball) != entry.sha256 or tarball.stat().st_size != entry.size:
+        raise KaibuildError(f"image {entry.reference}: the tarball assembled from {entry.member_dir}/ and its blobs "
+                            "does not match the manifest's sha256", where=manifest_where, fix=_REEXPORT)
+    where = str(bundle_dir / entry.member_dir)
+    actual = _image_platform(_read_single_image(tarball, where=where))
+    recorded = str(_platform(entry.platform_text, where=manifest_where))
+    if actual != recorded:
+        raise PlatformMismatch(f"image is {actual}, manifest says {recorded}", where=where, fix=_REEXPORT)
+    if actual != platform:
+        raise PlatformMismatch(f"image is {actual}, bundle is {platform}", where=where,
+                               fix=f"re-export the bundle with only {platform} images")
 
 
 def _walk_entries(root: Path) -> Iterator[tuple[str, os.stat_result]]:
@@ -403,20 +459,6 @@ def _check_size(bundle_dir: Path, rel: str, expected: int) -> None:
                             fix="copy the bundle again (the copy was cut short), or " + _REEXPORT)
     if size > expected:
         raise KaibuildError(f"wrong size: size {size}, expected {expected}", where=str(path), fix=_REEXPORT)
-
-
-def _check_image(bundle_dir: Path, entry: ImageEntry, files: dict[str, Any], platform: str) -> None:
-    where = str(bundle_dir / entry.path)
-    if entry.path not in files or not entry.path.startswith("images/"):
-        raise KaibuildError(f"image {entry.reference} points at {entry.path!r}, which is not a listed images/ file",
-                            where=str(bundle_dir / MANIFEST), fix=_REEXPORT)
-    actual = _image_platform(_read_single_image(bundle_dir / entry.path, where=where))
-    recorded = str(_platform(entry.platform_text, where=str(bundle_dir / MANIFEST)))
-    if actual != recorded:
-        raise PlatformMismatch(f"image is {actual}, manifest says {recorded}", where=where, fix=_REEXPORT)
-    if actual != platform:
-        raise PlatformMismatch(f"image is {actual}, bundle is {platform}", where=where,
-                               fix=f"re-export the bundle with only {platform} images")
 
 
 # --- unpacking archives -----------------------------------------------------------

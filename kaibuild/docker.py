@@ -7,6 +7,7 @@ name the image or build and say what to do.
 from __future__ import annotations
 
 import json
+import tarfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from python_on_whales import DockerClient
 from python_on_whales.exceptions import DockerException
 
 from kaibuild.errors import ActionFailed, KaibuildError, PlatformMismatch
+from kaibuild.image_archive import canonicalize
 from kaibuild.imageref import ImageRef, mirrored
 from kaibuild.platform import Platform
 from kaibuild.report import ActionLog
@@ -114,7 +116,8 @@ class DockerEngine:
         log.write(f"pull {pinned} ({image.platform})")
         with _translated(f"pulling {image.ref} for {image.platform}", log):
             self.client.image.pull(pinned, platform=str(image.platform), quiet=True)
-            self.client.image.save(pinned, output=dest)
+            with _canonical(dest) as raw:
+                self.client.image.save(pinned, output=raw)
 
     # --- local image store ------------------------------------------------------
     def has_image(self, name_or_id: str) -> bool:
@@ -150,8 +153,8 @@ class DockerEngine:
             common["cache_to"] = {"type": "local", "dest": str(layer_cache), "mode": "max"}
         log.write(f"buildx build {context} -f {dockerfile} --platform {platform}" + (f" --target {target}" if target else ""))
         if self.containerd_store:
-            output = {"type": "docker", "dest": str(dest), "rewrite-timestamp": "true", **({"name": tag} if tag else {})}
-            with _translated(f"buildx build of {dockerfile}", log):
+            with _translated(f"buildx build of {dockerfile}", log), _canonical(dest) as raw:
+                output = {"type": "docker", "dest": str(raw), "rewrite-timestamp": "true", **({"name": tag} if tag else {})}
                 for line in self.client.buildx.build(**common, output=output):
                     log.write(line.rstrip("\n"))
             return
@@ -162,7 +165,8 @@ class DockerEngine:
             for line in self.client.buildx.build(**common, load=True, metadata_file=iidfile, tags=[tag] if tag else []):
                 log.write(line.rstrip("\n"))
             image_id = json.loads(iidfile.read_text())["containerimage.config.digest"]
-            self.client.image.save(image_id, output=dest)
+            with _canonical(dest) as raw:
+                self.client.image.save(image_id, output=raw)
         iidfile.unlink()
 
     def run(self, image: str, command: list[str], *, log: ActionLog, mounts: list[tuple[Path, str, bool]],
@@ -216,6 +220,23 @@ def _translated(what: str, log: ActionLog | None) -> Iterator[None]:
             log.write(detail)
         last = detail.splitlines()[-1] if detail else f"exit code {error.return_code}"
         raise ActionFailed(f"{what} failed: {last}", log_tail=log.tail() if log else detail[-4000:]) from None
+
+
+@contextmanager
+def _canonical(dest: Path) -> Iterator[Path]:
+    """A path for Docker to write an image tarball to; on success it is
+    rewritten in kaibuild's canonical form at `dest` (image_archive)."""
+    raw = dest.with_name(dest.name + ".raw")
+    try:
+        yield raw
+        try:
+            canonicalize(raw, dest)
+        except (ValueError, tarfile.TarError) as error:
+            dest.unlink(missing_ok=True)
+            raise KaibuildError(f"Docker wrote an image tarball kaibuild cannot store: {error}", where=str(dest),
+                                fix="use Docker 25 or newer, whose `docker save` writes an OCI layout") from None
+    finally:
+        raw.unlink(missing_ok=True)
 
 
 def _parses(text: str) -> bool:

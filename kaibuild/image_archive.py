@@ -1,6 +1,12 @@
 """Reads image tarballs (docker-archive, which BuildKit writes with an OCI
 layout inside) without a Docker engine: the image config's platform, and the
-files inside, so kaibuild can check what it built is for the right platform."""
+files inside, so kaibuild can check what it built is for the right platform.
+
+It also writes them in a canonical form: the same members always give the
+same bytes. kaibuild stores every image tarball that way, so an offline
+bundle can keep each layer once and still rebuild each image's tarball
+exactly (same sha256, so the cache records that name it stay valid).
+"""
 
 from __future__ import annotations
 
@@ -9,12 +15,17 @@ import io
 import json
 import posixpath
 import tarfile
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from kaibuild.platform import ELF_MACHINE
 
 _ELF_MACHINE_TO_ARCH = {v: k for k, v in ELF_MACHINE.items()}
+BLOB_DIR = "blobs/sha256/"
+# A member: its size and how to open its content.
+Member = tuple[int, Callable[[], IO[bytes]]]
 
 
 @dataclass(frozen=True)
@@ -84,7 +95,7 @@ def elf_arch(data: bytes) -> str | None:
     return _ELF_MACHINE_TO_ARCH.get(machine, f"elf-machine-{machine}")
 
 
-def _member(tar: tarfile.TarFile, name: str) -> io.BufferedReader:
+def _member(tar: tarfile.TarFile, name: str | tarfile.TarInfo) -> io.BufferedReader:
     handle = tar.extractfile(name)
     if handle is None:
         raise ValueError(f"{name} is missing from the image archive")
@@ -108,3 +119,40 @@ def _open_layer(tar: tarfile.TarFile, name: str) -> tarfile.TarFile:
 
         raw = zstandard.ZstdDecompressor().decompressobj().decompress(raw)
     return tarfile.open(fileobj=io.BytesIO(raw))
+
+
+# --- the canonical form -------------------------------------------------------------
+
+
+def write_canonical(out: IO[bytes], members: Mapping[str, Member]) -> None:
+    """Write a tar of `members` whose bytes depend only on their names and
+    contents: sorted by name, USTAR headers with zero times, owners and
+    fixed modes. Docker and containerd load it like `docker save` output."""
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name in sorted(members):
+            size, opener = members[name]
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = size, 0o644, 0
+            with opener() as content:
+                tar.addfile(info, content)
+
+
+def canonical_members(tar: tarfile.TarFile, where: str) -> dict[str, Member]:
+    """The regular files of an image tarball, by normalised name (directories
+    are implied by the names; links and devices have no place in one)."""
+    members: dict[str, Member] = {}
+    for member in tar.getmembers():
+        name = posixpath.normpath(member.name).lstrip("/")
+        if member.isdir() or name == ".":
+            continue
+        if not member.isreg() or name.startswith("../"):
+            raise ValueError(f"{where}: member {member.name!r} is not a regular file inside the archive; "
+                             "kaibuild stores images saved by Docker 25+ or BuildKit (an OCI layout)")
+        members[name] = (member.size, lambda m=member: _member(tar, m))
+    return members
+
+
+def canonicalize(src: Path, dest: Path) -> None:
+    """Rewrite the image tarball at `src` in canonical form at `dest`."""
+    with tarfile.open(src) as tar, open(dest, "wb") as out:
+        write_canonical(out, canonical_members(tar, str(src)))

@@ -154,17 +154,18 @@ class ImportOutcome:
 
 def import_offline(ctx: Context, bundle: Path) -> ImportOutcome:
     """Verify everything first; then fill the cache, load images, place tools."""
-    scratch: Path | None = None
-    if bundle.is_file():
-        scratch = Path(tempfile.mkdtemp(prefix=".kaibuild-import-", dir=ctx.store.tmp))
-        bundle = extract_archive(bundle, scratch / "bundle")
+    # On the store's filesystem, so assembled image tarballs move into it.
+    scratch = Path(tempfile.mkdtemp(prefix=".kaibuild-import-", dir=ctx.store.tmp))
     try:
-        manifest = verify_bundle(bundle)
+        if bundle.is_file():
+            bundle = extract_archive(bundle, scratch / "bundle")
+        assembled = scratch / "assembled"
+        manifest = verify_bundle(bundle, assemble_into=assembled)
         plan = safe_import_plan(bundle, ctx.workspace)
         entries = json.loads((bundle / CACHE_FILE).read_text()) if (bundle / CACHE_FILE).is_file() else []
-        _check_entries(entries, manifest)
+        sources = _entry_sources(entries, manifest, bundle, assembled)
         source_copied = _place_source(bundle, ctx.workspace)
-        images = _fill_cache(ctx, bundle, entries)
+        images = _fill_cache(ctx, sources, entries)
         placed = []
         for src, dest in plan:
             dest.parent.mkdir(parents=True, exist_ok=True)
@@ -175,18 +176,24 @@ def import_offline(ctx: Context, bundle: Path) -> ImportOutcome:
             placed.append(dest)
         return ImportOutcome(manifest, images, placed, source_copied)
     finally:
-        if scratch:
-            shutil.rmtree(scratch, ignore_errors=True)
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _check_entries(entries: list[dict[str, Any]], manifest: dict[str, Any]) -> None:
-    """Every cache entry's files must be bundle files whose digest it names."""
+def _entry_sources(entries: list[dict[str, Any]], manifest: dict[str, Any], bundle: Path,
+                   assembled: Path) -> dict[str, Path]:
+    """Where each cache entry's file is (a bundle file, or an image tarball
+    verify assembled), checked to be the verified content the entry names."""
+    verified = {rel: (info["sha256"], bundle / rel) for rel, info in manifest["files"].items()}
+    verified |= {image["path"]: (image["sha256"], assembled / image["path"]) for image in manifest["images"]}
+    sources = {}
     for entry in entries:
         for record_path, bundle_path in entry["files"].items():
-            listed = manifest["files"].get(bundle_path)
-            if listed is None or listed["sha256"] != entry["record"]["files"].get(record_path):
+            digest, path = verified.get(bundle_path, (None, None))
+            if path is None or digest != entry["record"]["files"].get(record_path):
                 raise KaibuildError(f"bundle cache entry for {entry['node']} does not match {bundle_path}",
                                     where=CACHE_FILE, fix="re-export the bundle")
+            sources[bundle_path] = path
+    return sources
 
 
 def _place_source(bundle: Path, workspace: Path) -> bool:
@@ -213,7 +220,7 @@ def _place_source(bundle: Path, workspace: Path) -> bool:
     return bool(parts)
 
 
-def _fill_cache(ctx: Context, bundle: Path, entries: list[dict[str, Any]]) -> list[str]:
+def _fill_cache(ctx: Context, sources: dict[str, Path], entries: list[dict[str, Any]]) -> list[str]:
     """Put each bundled output into the store and record its action, then load images."""
     images = []
     for entry in entries:
@@ -222,9 +229,9 @@ def _fill_cache(ctx: Context, bundle: Path, entries: list[dict[str, Any]]) -> li
             blob = ctx.store.blob_path(digest)
             if not blob.exists():
                 tmp = ctx.store.temp_dir("import-") / "blob"
-                shutil.copyfile(bundle / bundle_path, tmp)
+                shutil.copyfile(sources[bundle_path], tmp)
                 if sha256_file(tmp) != digest:
-                    raise KaibuildError(f"{bundle_path} changed while importing", where=str(bundle / bundle_path))
+                    raise KaibuildError(f"{bundle_path} changed while importing", where=str(sources[bundle_path]))
                 ctx.store.put_file(tmp)
         record = OutputRecord.from_json(entry["record"])
         ctx.store.put(entry["key"], record)

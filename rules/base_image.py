@@ -32,7 +32,7 @@ def base_image_node(ref: str, platform: Platform, wanted_by: str) -> Node:
 
 class BaseImageRule(Rule):
     kind = "base_image"
-    version = 1
+    version = 2  # 2: image tarballs in canonical form (image_archive.canonicalize)
     settings = {"ref": str}
     required = frozenset({"ref"})
     run_early = True  # resolving pins checks the registry before any long build

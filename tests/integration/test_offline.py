@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from kaibuild.bundle import verify_bundle
 from kaibuild.config import DEFAULT_CONFIG
 from kaibuild.image_archive import elf_arch, read_images
 from tests.conftest import Run, copy_kai_mini_from, kaibuild
@@ -62,7 +63,7 @@ def exported(warm: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) 
     return {"root": root, "ws": ws, "cache": cache, "bundle": root / "bundle", "online": online, "export": run}
 
 
-def test_bundle_holds_everything_for_the_platform(exported: dict) -> None:
+def test_bundle_holds_everything_for_the_platform(exported: dict, tmp_path: Path) -> None:
     bundle = exported["bundle"]
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["platform"] == "linux/amd64" and manifest["missing"] == []
@@ -71,6 +72,17 @@ def test_bundle_holds_everything_for_the_platform(exported: dict) -> None:
             "registry.access.redhat.com/ubi9/ubi-minimal", "golangci/golangci-lint:v1.64.8",
             "helmunittest/helm-unittest:3.17.2-0.8.1", "//build:builder"} <= refs
     assert all((image["os"], image["architecture"]) == ("linux", "amd64") for image in manifest["images"])
+    # Each blob once: the builder's base layers are the golang image's own blobs, stored a single time.
+    verify_bundle(bundle, assemble_into=tmp_path)
+    by_ref = {image["reference"]: image for image in manifest["images"]}
+    [golang] = read_images(tmp_path / by_ref["golang:1.24.4-bullseye"]["path"])
+    golang_layers = {layer.rpartition("/")[2] for layer in golang.layers}
+    assert golang_layers and golang_layers <= set(by_ref["//build:builder"]["blobs"])
+    blobs_dir = bundle / "images" / "blobs" / "sha256"
+    assert {p.name for p in blobs_dir.iterdir()} == {b for image in manifest["images"] for b in image["blobs"]}
+    stored = sum(p.stat().st_size for p in (bundle / "images").rglob("*") if p.is_file())
+    shared_bytes = sum((blobs_dir / layer).stat().st_size for layer in golang_layers)
+    assert stored <= sum(image["size"] for image in manifest["images"]) - shared_bytes
     assert (bundle / "source" / "vendor" / "modules.txt").is_file() and (bundle / "source" / "go.mod").is_file()
     assert not (bundle / "source" / ".kaibuild").exists() and not (bundle / "source" / "dist").exists()
     assert elf_arch((bundle / "tools" / "mockgen").read_bytes()[:64]) == "amd64"
@@ -137,7 +149,9 @@ def test_offline_build_fails_fast_naming_a_url_it_would_fetch(exported: dict, tm
 def test_tampered_bundle_is_refused_and_nothing_changes(exported: dict, second_engine: dict[str, str], tmp_path: Path) -> None:
     bundle = tmp_path / "bundle"
     shutil.copytree(exported["bundle"], bundle)
-    victim = bundle / "images" / "nvcr.io_nvidia_distroless_go_v3.2.1.tar"
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    distroless = next(i for i in manifest["images"] if i["reference"] == "nvcr.io/nvidia/distroless/go:v3.2.1")
+    victim = max((bundle / "images" / "blobs" / "sha256" / b for b in distroless["blobs"]), key=lambda p: p.stat().st_size)
     data = bytearray(victim.read_bytes())
     data[len(data) // 2] ^= 0xFF
     victim.write_bytes(bytes(data))
@@ -145,7 +159,7 @@ def test_tampered_bundle_is_refused_and_nothing_changes(exported: dict, second_e
     run = kaibuild(tmp_path, "import-offline", str(bundle), "--workspace", str(tmp_path / "ws"), cache_dir=tmp_path / "cache",
                    env=second_engine)
     assert run.returncode == 2
-    assert "nvcr.io_nvidia_distroless_go_v3.2.1.tar" in run.stderr and "sha256" in run.stderr
+    assert f"images/blobs/sha256/{victim.name}" in run.stderr and "sha256 mismatch" in run.stderr
     assert not (tmp_path / "ws").exists()
     after = subprocess.run(["docker", "images", "-q"], capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", **second_engine})
     assert sorted(after.stdout.split()) == sorted(before.stdout.split())
@@ -159,7 +173,8 @@ def test_c1_partial_local_pull_does_not_leak_into_the_bundle(exported: dict, doc
                    capture_output=True, check=True)
     manifest = json.loads((exported["bundle"] / "manifest.json").read_text())
     entry = next(i for i in manifest["images"] if i["reference"] == "nvcr.io/nvidia/distroless/go:v3.2.1")
-    [image] = read_images(exported["bundle"] / entry["path"])
+    verify_bundle(exported["bundle"], assemble_into=tmp_path)
+    [image] = read_images(tmp_path / entry["path"])
     assert image.architecture == "amd64" and image.manifest_digest == entry["digest"]
 
 
@@ -188,8 +203,9 @@ def test_export_for_arm64_from_an_amd64_host_is_all_arm64(warm: tuple[Path, Path
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["platform"] == "linux/arm64"
     assert "//build:builder" in {image["reference"] for image in manifest["images"]}
+    verify_bundle(bundle, assemble_into=tmp_path / "assembled")
     for image in manifest["images"]:
-        [found] = read_images(bundle / image["path"])
+        [found] = read_images(tmp_path / "assembled" / image["path"])
         assert found.architecture == "arm64", image["reference"]
     for folder in ("tools", "envtest"):
         for binary in (bundle / folder).iterdir():

@@ -18,6 +18,7 @@ import zstandard
 
 from kaibuild.bundle import BundleWriter, extract_archive, read_manifest, safe_import_plan, verify_bundle
 from kaibuild.errors import KaibuildError, PlatformMismatch
+from kaibuild.image_archive import canonicalize
 
 # --- helpers -----------------------------------------------------------------
 
@@ -29,20 +30,36 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes, mode: int = 0o644) 
     tar.addfile(info, io.BytesIO(data))
 
 
-def make_image(path: Path, arch: str = "amd64", variant: str = "", images: int = 1) -> Path:
-    """A minimal docker-archive tarball: manifest.json, the config blob, index.json."""
+def make_image(path: Path, arch: str = "amd64", variant: str = "", images: int = 1, layers: tuple[bytes, ...] = (),
+               canonical: bool = True) -> Path:
+    """A minimal docker-archive tarball: manifest.json, the config and layer
+    blobs, index.json; in kaibuild's canonical form unless told otherwise."""
     manifest, index = [], []
-    with tarfile.open(path, "w") as tar:
+    raw = path.with_name(path.name + ".raw") if canonical else path
+    with tarfile.open(raw, "w") as tar:
+        layer_names = []
+        for layer in layers:
+            layer_names.append(f"blobs/sha256/{hashlib.sha256(layer).hexdigest()}")
+            _add_bytes(tar, layer_names[-1], layer)
         for n in range(images):
             config = {"os": "linux", "architecture": arch, **({"variant": variant} if variant else {}), "n": n}
             blob = json.dumps(config).encode()
             digest = hashlib.sha256(blob).hexdigest()
             _add_bytes(tar, f"blobs/sha256/{digest}", blob)
-            manifest.append({"Config": f"blobs/sha256/{digest}", "Layers": []})
+            manifest.append({"Config": f"blobs/sha256/{digest}", "Layers": layer_names})
             index.append({"digest": "sha256:" + hashlib.sha256(digest.encode()).hexdigest()})
         _add_bytes(tar, "manifest.json", json.dumps(manifest).encode())
         _add_bytes(tar, "index.json", json.dumps({"manifests": index}).encode())
+    if canonical:
+        canonicalize(raw, path)
+        raw.unlink()
     return path
+
+
+def config_blob(arch: str = "amd64", n: int = 0) -> str:
+    """The bundle path of make_image's config blob."""
+    config = json.dumps({"os": "linux", "architecture": arch, "n": n}).encode()
+    return f"images/blobs/sha256/{hashlib.sha256(config).hexdigest()}"
 
 
 def make_inputs(tmp: Path) -> dict[str, Path]:
@@ -95,18 +112,22 @@ def test_round_trip_write_then_verify(tmp_path: Path) -> None:
     bundle = write_bundle(tmp_path)
     assert bundle == tmp_path / "bundle"
     manifest = verify_bundle(bundle, expected_platform="x86_64")
-    assert manifest["format"] == 1 and manifest["platform"] == "linux/amd64"
+    assert manifest["format"] == 2 and manifest["platform"] == "linux/amd64"
     assert manifest["versions"] == {"go": "1.24.4", "envtest": "1.31.0"}
     assert set(manifest["files"]) == {
-        "images/scheduler.tar", "tools/controller-gen", "envtest/kube-apiserver", "downloads/kubectl",
+        config_blob(), "images/scheduler/index.json", "images/scheduler/manifest.json",
+        "tools/controller-gen", "envtest/kube-apiserver", "downloads/kubectl",
         "source/go.mod", "source/cmd/main.go", "source/vendor/mod/a.go", "source/hack.sh",
     }
     apiserver = manifest["files"]["envtest/kube-apiserver"]
     assert apiserver == {"sha256": hashlib.sha256(b"\x7fELF apiserver" * 100).hexdigest(), "size": 1400, "executable": True}
     assert manifest["files"]["source/hack.sh"]["executable"] and not manifest["files"]["source/go.mod"]["executable"]
     assert os.access(bundle / "tools" / "controller-gen", os.X_OK)
+    image = (tmp_path / "inputs" / "scheduler.tar").read_bytes()
     assert manifest["images"] == [{"path": "images/scheduler.tar", "reference": "kai/scheduler:0.0.0", "digest": "sha256:" + "a" * 64,
-                                   "os": "linux", "architecture": "amd64", "variant": ""}]
+                                   "os": "linux", "architecture": "amd64", "variant": "",
+                                   "sha256": hashlib.sha256(image).hexdigest(), "size": len(image),
+                                   "blobs": [config_blob().rpartition("/")[2]]}]
     assert manifest["missing"] == [{"name": "golangci-lint", "reason": "not pinned", "how_to_supply": "put it in tools/ and re-export"}]
     assert read_manifest(bundle) == manifest
     assert leftovers(tmp_path, "bundle") == []
@@ -226,8 +247,8 @@ def test_missing_manifest(tmp_path: Path) -> None:
 
 def test_unknown_format_is_refused(tmp_path: Path) -> None:
     bundle = write_bundle(tmp_path)
-    rewrite_manifest(bundle, lambda m: m.update(format=2))
-    with pytest.raises(KaibuildError, match="unsupported bundle format 2"):
+    rewrite_manifest(bundle, lambda m: m.update(format=1))  # the format before shared blobs
+    with pytest.raises(KaibuildError, match="unsupported bundle format 1"):
         verify_bundle(bundle)
 
 
@@ -268,7 +289,7 @@ def test_add_image_of_another_platform_is_refused(tmp_path: Path) -> None:
     writer = BundleWriter(tmp_path / "bundle", "linux/amd64", {})
     with pytest.raises(PlatformMismatch, match="image kai/scheduler is linux/arm64, bundle is linux/amd64"):
         writer.add_image("images/scheduler.tar", arm, "kai/scheduler", "sha256:" + "b" * 64)
-    assert writer.tmp is not None and not (writer.tmp / "images" / "scheduler.tar").exists()
+    assert writer.tmp is not None and not (writer.tmp / "images").exists()
     bundle = writer.commit()
     assert read_manifest(bundle)["files"] == {} and read_manifest(bundle)["images"] == []
 
@@ -286,27 +307,101 @@ def test_arm64_v8_image_matches_arm64_bundle(tmp_path: Path) -> None:
 
 
 def test_image_whose_platform_differs_from_the_bundle_fails_verify(tmp_path: Path) -> None:
-    """A tarball swapped for another platform's, with the digests updated to match."""
+    """An image swapped for another platform's, with every digest updated to match."""
     bundle = write_bundle(tmp_path)
-    image = bundle / "images" / "scheduler.tar"
-    image.unlink()
-    make_image(image, arch="arm64")
-    data = image.read_bytes()
+    arm_writer = BundleWriter(tmp_path / "arm", "linux/arm64", {})
+    arm_writer.add_image("images/scheduler.tar", make_image(tmp_path / "arm.tar", arch="arm64"), "kai/scheduler", "")
+    arm = arm_writer.commit()
+    arm_manifest = read_manifest(arm)
+    for rel in arm_manifest["files"]:
+        (bundle / rel).parent.mkdir(parents=True, exist_ok=True)
+        (bundle / rel).write_bytes((arm / rel).read_bytes())
 
     def swap(manifest: dict) -> None:
-        manifest["files"]["images/scheduler.tar"].update(sha256=hashlib.sha256(data).hexdigest(), size=len(data))
-        manifest["images"][0]["architecture"] = "arm64"
+        manifest["files"].pop(config_blob())
+        manifest["files"].update(arm_manifest["files"])
+        manifest["images"] = arm_manifest["images"]
 
+    (bundle / config_blob()).unlink()
     rewrite_manifest(bundle, swap)
     with pytest.raises(PlatformMismatch, match="image is linux/arm64, bundle is linux/amd64") as caught:
         verify_bundle(bundle)
-    assert "images/scheduler.tar" in str(caught.value)
+    assert "images/scheduler" in str(caught.value)
 
 
 def test_image_not_matching_its_manifest_entry_fails_verify(tmp_path: Path) -> None:
     bundle = write_bundle(tmp_path)
     rewrite_manifest(bundle, lambda m: m["images"][0].update(architecture="arm64"))
     with pytest.raises(PlatformMismatch, match="image is linux/amd64, manifest says linux/arm64"):
+        verify_bundle(bundle)
+
+
+# --- images: blobs stored once -------------------------------------------------------
+
+
+def test_layers_shared_between_images_are_stored_once_and_each_image_assembles_alone(tmp_path: Path) -> None:
+    base_layer, builder_layer = b"base layer " * 1000, b"builder layer"
+    base = make_image(tmp_path / "base.tar", layers=(base_layer,))
+    builder = make_image(tmp_path / "builder.tar", layers=(base_layer, builder_layer), images=1)
+    writer = BundleWriter(tmp_path / "bundle", "linux/amd64", {})
+    writer.add_image("images/base.tar", base, "golang:1.24", "")
+    writer.add_image("images/builder.tar", builder, "//build:builder", "")
+    bundle = writer.commit()
+    shared = f"images/blobs/sha256/{hashlib.sha256(base_layer).hexdigest()}"
+    blob_files = sorted(p.name for p in (bundle / "images" / "blobs" / "sha256").iterdir())
+    assert len(blob_files) == 3  # the shared layer, the builder's own layer, one config (both configs are equal)
+    assert (bundle / shared).read_bytes() == base_layer
+    entries = {e["path"]: e for e in read_manifest(bundle)["images"]}
+    assert shared.rpartition("/")[2] in entries["images/base.tar"]["blobs"]
+    assert shared.rpartition("/")[2] in entries["images/builder.tar"]["blobs"]
+    verify_bundle(bundle, assemble_into=tmp_path / "assembled")
+    # Byte for byte what was exported: the cache records import writes name these digests.
+    assert (tmp_path / "assembled" / "images" / "base.tar").read_bytes() == base.read_bytes()
+    assert (tmp_path / "assembled" / "images" / "builder.tar").read_bytes() == builder.read_bytes()
+    with tarfile.open(tmp_path / "assembled" / "images" / "base.tar") as tar:
+        assert not any(builder_layer.hex()[:8] in m.name for m in tar.getmembers())
+        assert len([m for m in tar.getmembers() if m.name.startswith("blobs/")]) == 2  # its layer and config only
+
+
+def test_a_tarball_not_in_canonical_form_is_refused_at_export_and_leaves_nothing(tmp_path: Path) -> None:
+    writer = BundleWriter(tmp_path / "bundle", "linux/amd64", {})
+    writer.add_image("images/a.tar", make_image(tmp_path / "a.tar", layers=(b"shared",)), "a", "")
+    before = set(writer.manifest()["files"])
+    raw = make_image(tmp_path / "raw.tar", layers=(b"shared", b"own"), canonical=False)
+    with pytest.raises(KaibuildError, match="not in kaibuild's canonical form") as caught:
+        writer.add_image("images/raw.tar", raw, "raw", "")
+    assert "cache prune" in str(caught.value)
+    assert set(writer.manifest()["files"]) == before  # the shared blob stays; raw's own files are gone
+    assert writer.tmp is not None and not (writer.tmp / "images" / "raw").exists()
+    verify_bundle(writer.commit())
+
+
+def test_a_missing_shared_blob_fails_verify_naming_it(tmp_path: Path) -> None:
+    bundle = write_bundle(tmp_path)
+    (bundle / config_blob()).unlink()
+    rewrite_manifest(bundle, lambda m: m["files"].pop(config_blob()))
+    with pytest.raises(KaibuildError, match=r"needs images/blobs/sha256/[0-9a-f]{64}, which is not in the bundle"):
+        verify_bundle(bundle)
+
+
+def test_a_blob_whose_name_is_not_its_digest_fails_verify(tmp_path: Path) -> None:
+    """Content and manifest digests changed together: the name still gives it away."""
+    bundle = write_bundle(tmp_path)
+    data = b'{"os": "linux", "architecture": "amd64", "n": 0, "evil": 1}'
+    (bundle / config_blob()).write_bytes(data)
+    rewrite_manifest(bundle, lambda m: m["files"][config_blob()].update(sha256=hashlib.sha256(data).hexdigest(),
+                                                                          size=len(data)))
+    with pytest.raises(KaibuildError, match="an image blob's name is not its sha256"):
+        verify_bundle(bundle)
+
+
+def test_an_image_member_edited_with_its_digest_fails_the_assembled_sha256(tmp_path: Path) -> None:
+    bundle = write_bundle(tmp_path)
+    member = "images/scheduler/index.json"
+    data = (bundle / member).read_bytes().replace(b"sha256:", b"sha256:0")
+    (bundle / member).write_bytes(data)
+    rewrite_manifest(bundle, lambda m: m["files"][member].update(sha256=hashlib.sha256(data).hexdigest(), size=len(data)))
+    with pytest.raises(KaibuildError, match="does not match the manifest's sha256"):
         verify_bundle(bundle)
 
 
