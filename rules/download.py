@@ -1,7 +1,9 @@
 """download: one pinned file for one platform (kubectl, envtest's etcd...).
 
 The URL may hold {os}, {arch} and {version}; `sha256` pins the downloaded
-bytes per platform ("linux/amd64" = "<hex>"). Bytes come, in this order,
+bytes per platform ("linux/amd64" = "<hex>"), and `sha512` likewise where
+that is what the publisher lists (controller-tools' envtest-releases.yaml,
+the index setup-envtest reads, gives sha512). Bytes come, in this order,
 from a local file in KAIBUILD_DOWNLOAD_DIR (named `<output basename>-<os>-<arch>`
 or like the URL's last path segment), from `mirrors` (base URLs that replace
 the URL's scheme and host), or from the URL itself; offline, only from a
@@ -44,7 +46,7 @@ from kaibuild.rule import Node, Rule, RunResult
 DOWNLOAD_DIR_ENV = "KAIBUILD_DOWNLOAD_DIR"
 TIMEOUT_SECONDS = 30
 _CHUNK = 1 << 20
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_HASH_LENGTHS = {"sha256": 64, "sha512": 128}
 _URL_PLACEHOLDERS = ("os", "arch", "variant", "version")
 
 
@@ -130,6 +132,7 @@ class DownloadRule(Rule):
     settings = {
         "url": str,  # may hold {os}, {arch}, {version}
         "sha256": dict,  # {"linux/amd64": "<hex>"}: of the downloaded file (the archive, with archive_member)
+        "sha512": dict,  # the same, for publishers that list sha512; a platform may be pinned in either or both
         "version": str,
         "output": str,  # relative path in the output, may hold {os}/{arch}
         "executable": bool,  # default true: mode 0755 and an ELF arch check
@@ -162,7 +165,7 @@ class DownloadRule(Rule):
         local = self._local(node)
         return {
             "url": url,
-            "sha256": self._pins(node).get(str(_platform(node))),
+            "pins": self._pins(node).get(str(_platform(node)), {}),
             "member": node.settings.get("archive_member"),
             "local": ctx.digests.digest(Path(local.location)) if local else None,
         }
@@ -170,7 +173,7 @@ class DownloadRule(Rule):
     def run(self, node: Node, ctx: Context, deps: dict[str, OutputRecord], inputs: dict[str, Any],
             work: Path, log: ActionLog) -> RunResult:
         platform = _platform(node)
-        url, pin, member = inputs["url"], inputs["sha256"], inputs["member"]
+        url, pins, member = inputs["url"], inputs["pins"], inputs["member"]
         local = self._local(node)
         sources = plan_sources(url, self._mirrors(node), local, ctx.options.offline)
         if not sources:  # offline and no local file
@@ -179,27 +182,30 @@ class DownloadRule(Rule):
                 f"{node.id}: {url} is not available offline (no local copy) and --offline forbids the network",
                 where=node.where,
                 fix=f"put {name} in a directory named by {DOWNLOAD_DIR_ENV}, or export an offline bundle with network access first")
-        if local is None and pin is None:
-            raise ActionFailed(f"no sha256 pinned for {platform} in {node.where}; refusing to use unverified bytes from {url}",
+        if local is None and not pins:
+            raise ActionFailed(f"no sha256 (or sha512) pinned for {platform} in {node.where}; "
+                               f"refusing to use unverified bytes from {url}",
                                where=str(node.id),
                                fix=f'add "{platform}" = "<sha256 of the file>" to the target\'s sha256 table in kaibuild.toml '
                                    f"(or supply the file through {DOWNLOAD_DIR_ENV})")
-        fetched, source, digest = self._fetch(node, sources, work, log)
+        fetched, source, digests = self._fetch(node, sources, work, log)
+        digest = digests["sha256"]
         if source.kind == "local":
             if digest != inputs["local"]:
                 raise ActionFailed(f"local file {source.location} changed while building", where=str(node.id),
                                    fix="run the build again")
-            if pin is None or source.extracted:
-                why = "no sha256 is pinned for it" if pin is None else "the pin is of the archive, this is the extracted member"
+            if not pins or source.extracted:
+                why = "no sha256 is pinned for it" if not pins else "the pin is of the archive, this is the extracted member"
                 message = (f"kaibuild: warning: {node.id}: using local file {source.location} unverified ({why}); "
                            f"its sha256 is {digest}\n")
                 sys.stderr.write(message)
                 log.write(message)
-        if pin is not None and not source.extracted and digest != pin:
-            raise ActionFailed(f"sha256 mismatch for {_describe(source)}: expected {pin}, got {digest}",
-                               where=str(node.id),
-                               fix="the file is not the pinned one: check the URL/version, the mirror or the local file; "
-                                   "update the pin in kaibuild.toml only if the new file is trusted")
+        for algorithm, pin in sorted(pins.items()):
+            if not source.extracted and digests[algorithm] != pin:
+                raise ActionFailed(f"{algorithm} mismatch for {_describe(source)}: expected {pin}, got {digests[algorithm]}",
+                                   where=str(node.id),
+                                   fix="the file is not the pinned one: check the URL/version, the mirror or the local file; "
+                                       "update the pin in kaibuild.toml only if the new file is trusted")
         if member and not source.extracted:
             fetched = _extract(fetched, member, work, source, node)
         executable = node.settings.get("executable", True)
@@ -237,17 +243,20 @@ class DownloadRule(Rule):
             raise ConfigError("mirrors must be a list of base URL strings", where=f"{node.where} (mirrors)")
         return mirrors
 
-    def _pins(self, node: Node) -> dict[str, str]:
-        pins: dict[str, str] = {}
-        for text, digest in node.settings.get("sha256", {}).items():
-            where = f"{node.where} (sha256.{text})"
-            try:
-                platform = Platform.parse(text)
-            except ConfigError as error:
-                raise ConfigError(error.message, where=where, fix=error.fix) from None
-            if not isinstance(digest, str) or not _HEX64.match(digest.lower().removeprefix("sha256:")):
-                raise ConfigError(f"sha256 for {text} must be 64 hex digits, not {digest!r}", where=where)
-            pins[str(platform)] = digest.lower().removeprefix("sha256:")
+    def _pins(self, node: Node) -> dict[str, dict[str, str]]:
+        """{platform: {algorithm: hex}} from the sha256 and sha512 tables."""
+        pins: dict[str, dict[str, str]] = {}
+        for algorithm, length in _HASH_LENGTHS.items():
+            for text, digest in node.settings.get(algorithm, {}).items():
+                where = f"{node.where} ({algorithm}.{text})"
+                try:
+                    platform = Platform.parse(text)
+                except ConfigError as error:
+                    raise ConfigError(error.message, where=where, fix=error.fix) from None
+                value = digest.lower().removeprefix(f"{algorithm}:") if isinstance(digest, str) else ""
+                if not re.fullmatch(f"[0-9a-f]{{{length}}}", value):
+                    raise ConfigError(f"{algorithm} for {text} must be {length} hex digits, not {digest!r}", where=where)
+                pins.setdefault(str(platform), {})[algorithm] = value
         return pins
 
     def _local(self, node: Node) -> Source | None:
@@ -265,24 +274,24 @@ class DownloadRule(Rule):
                 return Source("local", str(path.resolve()), extracted)
         return None
 
-    def _fetch(self, node: Node, sources: list[Source], work: Path, log: ActionLog) -> tuple[Path, Source, str]:
-        """The bytes of the first source that delivers, in a temp file under work, and their sha256."""
+    def _fetch(self, node: Node, sources: list[Source], work: Path, log: ActionLog) -> tuple[Path, Source, dict[str, str]]:
+        """The bytes of the first source that delivers, in a temp file under work, and their digests."""
         failures = []
         for source in sources:
             handle, name = tempfile.mkstemp(prefix="download-", suffix=".part", dir=work)
             part = Path(name)
-            digest = hashlib.sha256()
+            digests = {algorithm: hashlib.new(algorithm) for algorithm in _HASH_LENGTHS}
             try:
                 with os.fdopen(handle, "wb") as sink:
                     if source.kind == "local":
                         log.write(f"using local file {source.location}")
                         with open(source.location, "rb") as stream:
-                            _copy(stream, sink, digest)
+                            _copy(stream, sink, digests)
                     else:
                         log.write(f"GET {source.location}")
                         request = urllib.request.Request(source.location, headers={"User-Agent": "kaibuild"})
                         with urllib.request.urlopen(request, timeout=TIMEOUT_SECONDS) as stream:
-                            _copy(stream, sink, digest)
+                            _copy(stream, sink, digests)
             except (OSError, http.client.HTTPException, ValueError) as error:
                 part.unlink(missing_ok=True)
                 reason = _reason(error)
@@ -291,7 +300,7 @@ class DownloadRule(Rule):
                 if source.kind == "local":
                     raise ActionFailed(f"cannot read {source.location}: {reason}", where=str(node.id)) from None
                 continue
-            return part, source, digest.hexdigest()
+            return part, source, {algorithm: h.hexdigest() for algorithm, h in digests.items()}
         url = sources[-1].location
         raise ActionFailed(f"could not download {url}: " + "; ".join(failures), where=str(node.id),
                            fix=f"check network access and the mirrors, or put the file in {DOWNLOAD_DIR_ENV}")
@@ -314,9 +323,10 @@ def _reason(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
 
 
-def _copy(stream: Any, sink: Any, digest: Any) -> None:
+def _copy(stream: Any, sink: Any, digests: dict[str, Any]) -> None:
     while chunk := stream.read(_CHUNK):
-        digest.update(chunk)
+        for digest in digests.values():
+            digest.update(chunk)
         sink.write(chunk)
 
 

@@ -202,7 +202,7 @@ def test_inputs_depend_on_pin_and_local_file_not_mirrors(tmp_path: Path, monkeyp
         return rule.inputs(node, ctx, {})
 
     plain = inputs(base)
-    assert plain == {"url": "https://origin.example/linux/amd64/kubectl", "sha256": sha(ELF_AMD64),
+    assert plain == {"url": "https://origin.example/linux/amd64/kubectl", "pins": {"sha256": sha(ELF_AMD64)},
                      "member": None, "local": None}
     assert inputs(base | {"mirrors": ["http://mirror.example"]}) == plain
     assert inputs(base | {"sha256": {"linux/amd64": sha(b"other")}}) != plain
@@ -275,6 +275,27 @@ def test_same_pinned_bytes_from_mirror_or_origin_share_the_key(tmp_path: Path, s
     assert len(server.requests) == requests
 
 
+def test_sha512_pin_alone_verifies_the_download(tmp_path: Path, server: Server) -> None:
+    """controller-tools publishes sha512 for envtest archives: that pin is enough."""
+    url = server.put("envtest.tar.gz", ELF_AMD64)
+    good = hashlib.sha512(ELF_AMD64).hexdigest()
+    ok = make(tmp_path / "ok", {"url": url, "output": "kubectl", "sha512": {"linux/amd64": good}})
+    result, _ = build(ok)
+    assert result.ok and record_of(ok, result).meta["sha256"] == sha(ELF_AMD64)
+    bad_pin = hashlib.sha512(b"other").hexdigest()
+    bad = make(tmp_path / "bad", {"url": url, "output": "kubectl", "sha512": {"linux/amd64": bad_pin},
+                                  "sha256": {"linux/amd64": sha(ELF_AMD64)}})
+    message = failure(bad)  # the sha256 matches, the sha512 does not: both are checked
+    assert "sha512 mismatch" in message and bad_pin in message and hashlib.sha512(ELF_AMD64).hexdigest() in message
+    assert cache_blobs(tmp_path / "bad") == [] and leftovers(tmp_path / "bad") == []
+
+
+def test_sha512_pin_of_the_wrong_length_is_a_config_error(tmp_path: Path) -> None:
+    ctx = make(tmp_path, {"url": "https://x/kubectl", "output": "kubectl", "sha512": {"linux/amd64": "ab" * 32}})
+    with pytest.raises(ConfigError, match="sha512 for linux/amd64 must be 128 hex digits"):
+        build(ctx)
+
+
 def test_sha256_mismatch_fails_and_leaves_nothing(tmp_path: Path, server: Server) -> None:
     url = server.put("kubectl", ELF_AMD64)
     pin = sha(b"something else")
@@ -301,7 +322,7 @@ def test_missing_pin_for_network_source_is_refused(tmp_path: Path, server: Serve
     ctx = make(tmp_path, {"url": server.base + "/bin/{os}/{arch}/kubectl", "output": "kubectl",
                           "sha256": {"linux/amd64": sha(ELF_AMD64)}})
     message = failure(ctx, ARM64)
-    assert "no sha256 pinned for linux/arm64 in kaibuild.toml:7" in message
+    assert "no sha256 (or sha512) pinned for linux/arm64 in kaibuild.toml:7" in message
     assert url in message and "kaibuild.toml" in message.split("fix:")[1]
     assert server.requests == []  # refused before any download
     assert cache_blobs(tmp_path) == []
