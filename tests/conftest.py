@@ -11,6 +11,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,19 +119,18 @@ def copy_kai_mini_from(source: Path, dest: Path) -> Path:
     return dest
 
 
-@pytest.fixture
-def second_engine(tmp_path_factory: pytest.TempPathFactory, docker_env: dict) -> Iterator[dict[str, str]]:
-    """A second, empty Docker engine on this machine (a fresh CI runner's, or
-    the machine with no network): its own data, socket and network namespace,
-    so it has no route to the loopback registry and its bridge is its own.
-    A new one for each test, so each starts empty."""
+@contextmanager
+def _another_engine(*, containerd_store: bool) -> Iterator[dict[str, str]]:
+    """An empty Docker engine of its own: own data, socket and network
+    namespace, so it has no route to the loopback registry and its bridge
+    is its own. Yields the environment that points docker at it."""
     root = Path(tempfile.mkdtemp(prefix="kb-engine2-", dir="/var/tmp"))
     namespace = f"kaibuild-{root.name}"
     subprocess.run(["ip", "netns", "add", namespace], check=True)
     subprocess.run(["ip", "netns", "exec", namespace, "ip", "link", "set", "lo", "up"], check=True)
     sock = root / "docker.sock"
     config = root / "daemon.json"
-    config.write_text(json.dumps({"features": {"containerd-snapshotter": True}}))
+    config.write_text(json.dumps({"features": {"containerd-snapshotter": containerd_store}}))
     log = open(root / "dockerd.log", "w")
     process = subprocess.Popen(
         # nsenter joins only the network namespace (`ip netns exec` would also
@@ -139,18 +139,36 @@ def second_engine(tmp_path_factory: pytest.TempPathFactory, docker_env: dict) ->
          "--exec-root", str(root / "exec"), "--pidfile", str(root / "docker.pid"), "--host", f"unix://{sock}"],
         stdout=log, stderr=subprocess.STDOUT)
     env = {"DOCKER_HOST": f"unix://{sock}"}
-    for _ in range(60):
-        if subprocess.run(["docker", "info"], capture_output=True, env={**os.environ, **env}).returncode == 0:
-            break
-        time.sleep(1)
-    else:
-        process.terminate()
-        pytest.fail(f"second dockerd did not start; see {root / 'dockerd.log'}")
-    yield env
-    process.terminate()
     try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-    subprocess.run(["ip", "netns", "delete", namespace], capture_output=True)
-    shutil.rmtree(root, ignore_errors=True)
+        for _ in range(60):
+            if subprocess.run(["docker", "info"], capture_output=True, env={**os.environ, **env}).returncode == 0:
+                break
+            time.sleep(1)
+        else:
+            pytest.fail(f"second dockerd did not start; see {root / 'dockerd.log'}")
+        yield env
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        subprocess.run(["ip", "netns", "delete", namespace], capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def second_engine(docker_env: dict) -> Iterator[dict[str, str]]:
+    """A second, empty Docker engine with the containerd image store (a fresh
+    CI runner's, or the machine with no network). A new one for each test,
+    so each starts empty."""
+    with _another_engine(containerd_store=True) as env:
+        yield env
+
+
+@pytest.fixture
+def classic_engine(docker_env: dict) -> Iterator[dict[str, str]]:
+    """An empty engine on the classic image store, whose default builder
+    cannot write a tarball (field case C3)."""
+    with _another_engine(containerd_store=False) as env:
+        yield env

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from kaibuild.image_archive import canonicalize, read_images
 from tests.conftest import WARM_TARGETS, kaibuild
 
 pytestmark = pytest.mark.docker
@@ -39,6 +40,33 @@ def test_restored_cache_on_an_empty_engine(warm_copy: tuple[Path, Path], warm: t
                            env={"PATH": "/usr/local/bin:/usr/bin:/bin", **second_engine}).stdout.split()
     assert "kaibuild.local/build/builder" in names
     assert "kaibuild.local/nvcr.io/nvidia/distroless/go" in names
+
+
+def test_c3_classic_image_store_builds_into_the_engine_then_saves_the_one_image(
+        warm_copy: tuple[Path, Path], classic_engine: dict[str, str]) -> None:
+    """Its `docker` builder refuses a tarball output: kaibuild builds into the
+    engine and saves that image, in the same canonical tarball form."""
+    ws, cache = warm_copy
+    docker = {"PATH": "/usr/local/bin:/usr/bin:/bin", **classic_engine}
+    info = subprocess.run(["docker", "info", "--format", "{{json .DriverStatus}}"], capture_output=True, text=True,
+                          check=True, env=docker).stdout
+    assert "io.containerd.snapshotter" not in info  # really the classic store
+    scheduler = ws / "pkg" / "scheduler" / "scheduler.go"
+    scheduler.write_text(scheduler.read_text().replace('"kai-mini-scheduler"', '"kai-mini-scheduler-classic"'))
+    run = kaibuild(ws, "build", "//services:scheduler", "--platform", "linux/amd64", cache_dir=cache, env=classic_engine)
+    assert run.returncode == 0, run.stderr
+    assert run.nodes("finished") == {"//services:scheduler-bin [linux/amd64]", "//services:scheduler [linux/amd64]"}
+    tarball = ws / "dist" / "linux_amd64" / "scheduler.tar"
+    [image] = read_images(tarball)
+    assert (image.os, image.architecture) == ("linux", "amd64")
+    canonical = tarball.with_name("again.tar")
+    canonicalize(tarball, canonical)
+    assert canonical.read_bytes() == tarball.read_bytes()  # already canonical: a bundle can reassemble it
+    subprocess.run(["docker", "rmi", "-f", "registry/local/kai-scheduler/scheduler:0.0.0"], capture_output=True, env=docker)
+    subprocess.run(["docker", "load", "-i", str(tarball)], capture_output=True, check=True, env=docker)
+    out = subprocess.run(["docker", "run", "--rm", "--network", "none", "registry/local/kai-scheduler/scheduler:0.0.0"],
+                         capture_output=True, text=True, env=docker)
+    assert out.returncode == 0 and "scheduler version 0.0.0" in out.stdout, out.stderr
 
 
 def test_image_removed_behind_kaibuilds_back_is_restored_not_rebuilt(warm_copy: tuple[Path, Path]) -> None:
