@@ -28,7 +28,7 @@ from docker.utils.fnmatch import fnmatchcase
 
 from kaibuild.errors import DockerfileError
 
-__all__ = ["BaseImage", "DockerfilePlan", "analyze_dockerfile", "select_context_files"]
+__all__ = ["BaseImage", "DockerfilePlan", "analyze_dockerfile", "rewrite_from_lines", "select_context_files"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,9 @@ class DockerfilePlan:
     # line numbers, no comments): what a build reads of the Dockerfile, so an
     # edit to another stage, or a comment, changes no key.
     instructions: tuple[str, ...] = ()
+    # The external image each needed stage is built FROM, one per such stage
+    # (not deduplicated), so a build can rewrite exactly those FROM lines.
+    stage_images: tuple[BaseImage, ...] = ()
 
 
 _INSTRUCTIONS = frozenset(
@@ -651,9 +654,16 @@ def _check_defined_before(source: _Stage, user: _Stage, where: str) -> None:
         )
 
 
+def _stage_image(stage: _Stage) -> BaseImage | None:
+    """The external image a stage is built FROM; None for scratch or an earlier stage."""
+    if stage.parent is not None or stage.ref.lower() == _SCRATCH:
+        return None
+    return BaseImage(ref=stage.ref, stage=stage.label, line=stage.line, platform=stage.platform)
+
+
 def _record_images(stage: _Stage, found: _Found) -> None:
-    if stage.parent is None and stage.ref.lower() != _SCRATCH:
-        image = BaseImage(ref=stage.ref, stage=stage.label, line=stage.line, platform=stage.platform)
+    image = _stage_image(stage)
+    if image is not None:
         found.images.setdefault((image.ref, image.platform), image)
     for dep, line in stage.deps:
         if isinstance(dep, str):
@@ -699,7 +709,44 @@ def analyze_dockerfile(
         urls=tuple(found.urls),
         instructions=tuple(c.original for c in meta)
         + tuple(c.original for stage in needed for c in groups[stage.index]),
+        stage_images=tuple(image for stage in needed if (image := _stage_image(stage)) is not None),
     )
+
+
+def rewrite_from_lines(text: str, images: Mapping[int, str]) -> str:
+    """`text` with the FROM instruction starting at each line of `images`
+    naming that image instead; its flags and `AS name` are kept as written.
+
+    A multi-line FROM becomes one line and its continuation lines are left
+    blank, so every other instruction keeps its line number (BuildKit's
+    errors then point at the right line of the user's file).
+    """
+    lines = text.split("\n")  # as BuildKit counts lines; every other byte stays as it is
+    commands = {c.start_line: c for c in dockerfile.parse_string(text) if c.cmd.upper() == "FROM"}
+    for line, image in images.items():
+        command = commands.get(line)
+        if command is None:
+            raise ValueError(f"line {line} does not start a FROM instruction")
+        lines[line - 1] = _from_with_image(command, image)
+        for number in range(line, command.end_line):
+            lines[number] = ""
+    return "\n".join(lines)
+
+
+def _from_with_image(cmd: Any, image: str) -> str:
+    """FROM [flags] <image> [AS name], from the instruction's own text.
+
+    The Go parser drops quotes from flags, so they are cut out of `original`
+    (continuations joined): what lies between the keyword and the trailing
+    image [AS name] words, which it reports verbatim.
+    """
+    keyword, rest = cmd.original.split(None, 1)
+    for word in reversed(cmd.value):
+        rest = rest.rstrip()
+        if not rest.endswith(word):
+            raise ValueError(f"cannot find {word!r} in {cmd.original!r}")
+        rest = rest[: -len(word)]
+    return " ".join([keyword, *filter(None, [rest.strip()]), image, *cmd.value[1:]])
 
 
 # --- the build context ---------------------------------------------------------------

@@ -4,8 +4,12 @@ platform, written as a docker-archive tarball whose platform is verified.
 The build context is staged: only the files the Dockerfile's COPY/ADD lines
 select (after .dockerignore) are copied in, plus the outputs of the targets
 listed in `inputs`, at their own paths. Base images come from base_image
-nodes, handed to buildx as named contexts, so the build uses exactly the
-pinned image for the platform and never pulls by itself.
+nodes, loaded into the engine under local names, so the build uses exactly
+the pinned image for the platform and never pulls by itself. A derived copy
+of the Dockerfile names them in its FROM lines (a named build context there
+would make BuildKit re-compress the base's layers, moby/buildkit#4805, so
+images would not share them with their base); images read by COPY --from or
+RUN --mount=from= stay named build contexts.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from dockerfile import parse_file
 from kaibuild.address import Address
 from kaibuild.cache import OutputRecord
 from kaibuild.context import Context
-from kaibuild.dockerfile import DockerfilePlan, analyze_dockerfile, select_context_files
+from kaibuild.dockerfile import BaseImage, DockerfilePlan, analyze_dockerfile, rewrite_from_lines, select_context_files
 from kaibuild.errors import ConfigError, KaibuildError, PlatformMismatch
 from kaibuild.fingerprint import key_of
 from kaibuild.image_archive import elf_arch, read_file, read_images
@@ -34,7 +38,7 @@ TARBALL = "image.tar"
 
 class DockerImageRule(Rule):
     kind = "docker_image"
-    version = 1
+    version = 2  # FROM lines name the local base image: its layers are kept as they are
     settings = {
         "dockerfile": str,  # path from the workspace root
         "context": str,  # build context directory, default the workspace root
@@ -58,9 +62,9 @@ class DockerImageRule(Rule):
         plan = self._plan(node, ctx)
         created = []
         for base in plan.base_images:
-            platform = Platform.parse(base.platform) if base.platform else _platform(node)
+            platform = _base_platform(base, node)
             dep = base_image_node(base.ref, platform, f"{node.settings['dockerfile']}:{base.line}")
-            node.deps[f"base:{base.ref}@{platform}"] = dep.id
+            node.deps[_base_role(base, node)] = dep.id
             created.append(dep)
         for text in node.settings.get("inputs", []):
             dep = ctx.target_node(_address(text, node), _platform(node), wanted_by=node.where)
@@ -99,7 +103,8 @@ class DockerImageRule(Rule):
         out = work / "out"
         out.mkdir()
         tarball = out / TARBALL
-        ctx.docker.build(context=staged, dockerfile=self._dockerfile(node, ctx), platform=platform,
+        dockerfile = self._build_dockerfile(node, ctx, deps)
+        ctx.docker.build(context=staged, dockerfile=dockerfile, platform=platform,
                          dest=tarball, log=log, target=node.settings.get("stage"), build_args=inputs["build_args"],
                          build_contexts=build_contexts, network="none" if ctx.options.offline else None,
                          tag=node.settings.get("tag"), layer_cache=ctx.options.buildkit_cache)
@@ -140,7 +145,8 @@ class DockerImageRule(Rule):
         return plan
 
     def _dockerfile(self, node: Node, ctx: Context) -> Path:
-        """The Dockerfile to build: the user's, or a patched copy (replace_steps)."""
+        """The Dockerfile the plan (and key) is read from: the user's, or a
+        patched copy (replace_steps)."""
         dockerfile = ctx.workspace / node.settings["dockerfile"]
         if not dockerfile.is_file():
             raise ConfigError(f"Dockerfile {node.settings['dockerfile']} does not exist in {ctx.workspace}",
@@ -148,14 +154,20 @@ class DockerImageRule(Rule):
         steps = node.settings.get("replace_steps", [])
         if not steps:
             return dockerfile
-        patched = replace_steps(dockerfile, steps, _platform(node), node.where)
-        path = ctx.store.root / "views" / "dockerfiles" / f"{key_of(patched)[:32]}.Dockerfile"
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(patched)
-            os.replace(tmp, path)
-        return path
+        return _view(ctx, replace_steps(dockerfile, steps, _platform(node), node.where))
+
+    def _build_dockerfile(self, node: Node, ctx: Context, deps: dict[str, OutputRecord]) -> Path:
+        """The Dockerfile to build: the plan's one with each needed stage's
+        external FROM image replaced by the pinned base image's local name.
+
+        Only the build sees the local names; the key stays on the plan's
+        instructions and the base images' records."""
+        source = self._dockerfile(node, ctx)
+        plan = self._plan(node, ctx)
+        images = {base.line: local_image_name(deps[_base_role(base, node)]) for base in plan.stage_images}
+        if not images:
+            return source
+        return _view(ctx, rewrite_from_lines(source.read_text(encoding="utf-8-sig"), images))
 
     def _build_args(self, node: Node) -> dict[str, str]:
         platform = _platform(node)
@@ -184,6 +196,17 @@ def replace_steps(dockerfile: Path, steps: list[dict[str, str]], platform: Platf
             for number in range(command.start_line, command.end_line):
                 lines[number] = ""
     return "\n".join(lines) + "\n"
+
+
+def _view(ctx: Context, text: str) -> Path:
+    """A derived Dockerfile in the store (views/dockerfiles/), named by its content."""
+    path = ctx.store.root / "views" / "dockerfiles" / f"{key_of(text)[:32]}.Dockerfile"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    return path
 
 
 def image_name(node: Node, record: OutputRecord) -> str:
@@ -231,3 +254,12 @@ def _address(text: str, node: Node) -> Address:
 def _platform(node: Node) -> Platform:
     assert node.id.platform is not None, "images are always built for one platform"
     return node.id.platform
+
+
+def _base_platform(base: BaseImage, node: Node) -> Platform:
+    """The platform a base image is pinned for: its FROM --platform, else the image's."""
+    return Platform.parse(base.platform) if base.platform else _platform(node)
+
+
+def _base_role(base: BaseImage, node: Node) -> str:
+    return f"base:{base.ref}@{_base_platform(base, node)}"

@@ -7,11 +7,14 @@ image, the later ones check what is (not) rebuilt.
 
 from __future__ import annotations
 
+import json
 import subprocess
+import tarfile
 from pathlib import Path
 
 import pytest
 
+from kaibuild.cache import Store
 from kaibuild.image_archive import elf_arch, read_file, read_images
 from tests.conftest import Run, copy_kai_mini, kaibuild
 
@@ -49,6 +52,44 @@ def test_amd64_tarball_loads_and_prints_the_version(ws: Path) -> None:
     [image] = read_images(tarball)
     assert (image.os, image.architecture) == ("linux", "amd64")
     assert load_and_run(tarball, "linux/amd64").startswith("scheduler version 0.0.0")
+
+
+def base_image_tarball(cache: Path, ref: str, platform: str) -> Path:
+    """The tarball of the base image `ref` as pinned for `platform`, from the store."""
+    store = Store(cache)
+    try:
+        pin = store.actions[f"pin:{ref}@{platform}"]
+        for key in store.actions.iterkeys():
+            data = store.actions[key] if len(key) == 64 else None
+            if isinstance(data, dict) and data.get("meta") == {"ref": ref, "manifest_digest": pin, "platform": platform}:
+                return store.blob_path(data["files"]["image.tar"])
+    finally:
+        store.close()
+    raise AssertionError(f"no base_image record for {ref} ({platform})")
+
+
+def layer_digests(tarball: Path) -> list[str]:
+    """The layer digests of a one-image tarball's manifest (index.json -> manifest blob)."""
+    [image] = read_images(tarball)
+    assert image.manifest_digest is not None
+    with tarfile.open(tarball) as tar:
+        blob = tar.extractfile(f"blobs/sha256/{image.manifest_digest.removeprefix('sha256:')}")
+        assert blob is not None
+        return [layer["digest"] for layer in json.load(blob)["layers"]]
+
+
+def test_builder_image_keeps_the_golang_base_layers_byte_for_byte(ws: Path) -> None:
+    # Built by the test above (it compiles the scheduler in it), so cached:
+    # the builder's FROM names the pinned base's local image, not a named
+    # build context, so BuildKit does not re-compress the base layers.
+    run = build(ws, "//build:builder")
+    assert run.returncode == 0, run.stderr
+    [builder] = (ws / "dist").glob("*/builder.tar")
+    platform = builder.parent.name.replace("_", "/")
+    base = layer_digests(base_image_tarball(ws.parent / "cache", "golang:1.24.4-bullseye", platform))
+    layers = layer_digests(builder)
+    assert base and layers[: len(base)] == base
+    assert len(layers) > len(base)  # plus the apt-get layer
 
 
 def test_arm64_tarball_holds_an_aarch64_binary_that_runs_under_qemu(ws: Path) -> None:

@@ -8,7 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from kaibuild.dockerfile import BaseImage, DockerfilePlan, analyze_dockerfile, select_context_files
+from kaibuild.dockerfile import (
+    BaseImage,
+    DockerfilePlan,
+    analyze_dockerfile,
+    rewrite_from_lines,
+    select_context_files,
+)
 from kaibuild.errors import DockerfileError
 
 KAI_DOCKERFILE = """\
@@ -135,6 +141,71 @@ def test_platform_args_come_from_target_platform_with_variant(tmp_path: Path) ->
     plan = analyze(tmp_path, text, target_platform="linux/arm/v7", build_platform="linux/amd64")
 
     assert plan.context_sources == ("linux/arm/v7/amd64", "linux/arm/v7")
+
+
+def test_stage_images_name_each_needed_external_from_once_per_stage(tmp_path: Path) -> None:
+    text = """\
+ARG BASE=golang:1.24.4-bullseye
+FROM --platform=$BUILDPLATFORM ${BASE} AS build
+FROM build AS test
+FROM scratch AS empty
+FROM alpine:3 AS unused
+FROM golang:1.24.4-bullseye
+COPY --from=build /out /out
+COPY --from=busybox:1 /bin/sh /sh
+COPY --from=empty / /
+"""
+    plan = analyze(tmp_path, text, target_platform="linux/arm64", build_platform="linux/amd64")
+
+    # Not deduplicated by (ref, platform) like base_images, and only FROMs:
+    # not the stage FROM a stage, scratch, an unneeded stage or COPY --from.
+    assert plan.stage_images == (
+        BaseImage("golang:1.24.4-bullseye", "build", 2, "linux/amd64"),
+        BaseImage("golang:1.24.4-bullseye", "4", 6, None),
+    )
+    assert [image.ref for image in plan.base_images] == ["golang:1.24.4-bullseye"] * 2 + ["busybox:1"]
+
+
+def test_rewrite_from_keeps_flags_and_as_name_as_written() -> None:
+    text = 'FROM --platform="$BUILDPLATFORM" ${BASE} as Build\nRUN make\n'
+
+    out = rewrite_from_lines(text, {1: "kaibuild.local/docker.io/library/golang:sha256-1"})
+
+    assert out == 'FROM --platform="$BUILDPLATFORM" kaibuild.local/docker.io/library/golang:sha256-1 as Build\nRUN make\n'
+
+
+def test_rewrite_multi_line_from_blanks_continuations_so_lines_keep_their_numbers() -> None:
+    text = "# escape=`\nFROM `\n  --platform=linux/arm64 `\n  golang:1.22 `\n  AS build\nRUN make\n"
+
+    out = rewrite_from_lines(text, {2: "local:1"})
+
+    assert out.splitlines() == ["# escape=`", "FROM --platform=linux/arm64 local:1 AS build", "", "", "", "RUN make"]
+
+
+def test_rewrite_leaves_every_other_byte_alone() -> None:
+    # CRLF endings, a form feed (not a line break for BuildKit), no final newline.
+    text = "FROM golang:1.22 \\\r\n  AS build\r\nRUN a\x0cb\r\nFROM alpine"
+
+    assert rewrite_from_lines(text, {1: "l:1", 4: "l:2"}) == "FROM l:1 AS build\n\nRUN a\x0cb\r\nFROM l:2"
+
+
+def test_rewrite_touches_only_the_given_from_lines() -> None:
+    text = "FROM golang:1.22 AS build\nFROM build\nFROM scratch\nCOPY --from=build /a /a\n"
+
+    assert rewrite_from_lines(text, {1: "local:1"}) == text.replace("golang:1.22", "local:1", 1)
+    with pytest.raises(ValueError, match="line 4"):
+        rewrite_from_lines(text, {4: "local:1"})
+
+
+def test_rewritten_from_of_an_arg_expanded_image_analyzes_to_the_local_name(tmp_path: Path) -> None:
+    text = "ARG BASE=golang:1.22\nFROM ${BASE} AS build\nARG BASE\nRUN echo $BASE\n"
+    [image] = analyze(tmp_path, text).stage_images
+
+    out = rewrite_from_lines(text, {image.line: "kaibuild.local/x:sha256-1"})
+
+    # The global ARG stays, so a stage that redeclares it still sees its value.
+    assert out == text.replace("FROM ${BASE}", "FROM kaibuild.local/x:sha256-1")
+    assert [i.ref for i in analyze(tmp_path, out).stage_images] == ["kaibuild.local/x:sha256-1"]
 
 
 def test_multistage_needs_only_stages_reached_by_from_and_copy_from(tmp_path: Path) -> None:
