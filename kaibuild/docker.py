@@ -18,7 +18,7 @@ from python_on_whales import DockerClient
 from python_on_whales.exceptions import DockerException
 
 from kaibuild.errors import ActionFailed, KaibuildError, PlatformMismatch
-from kaibuild.image_archive import canonicalize
+from kaibuild.image_archive import canonicalize, read_images
 from kaibuild.imageref import ImageRef, mirrored
 from kaibuild.platform import Platform
 from kaibuild.report import ActionLog
@@ -165,8 +165,15 @@ class DockerEngine:
             for line in self.client.buildx.build(**common, load=True, metadata_file=iidfile, tags=[tag] if tag else []):
                 log.write(line.rstrip("\n"))
             image_id = json.loads(iidfile.read_text())["containerimage.config.digest"]
+            # By tag when there is one, so the tarball carries it as on the
+            # containerd store; the check below catches a tag moved meanwhile.
             with _canonical(dest) as raw:
-                self.client.image.save(image_id, output=raw)
+                self.client.image.save(tag or image_id, output=raw)
+            saved = read_images(dest)
+            if [image.config_digest for image in saved] != [image_id]:
+                dest.unlink()
+                raise KaibuildError(f"{tag} was retagged while kaibuild saved the image it had just built ({image_id})",
+                                    where=str(dockerfile), fix="run the build again, one build per tag at a time")
         iidfile.unlink()
 
     def run(self, image: str, command: list[str], *, log: ActionLog, mounts: list[tuple[Path, str, bool]],
