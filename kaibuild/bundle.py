@@ -230,6 +230,7 @@ class BundleWriter:
         _write_json(root / MANIFEST, self.manifest())
         if archive:
             written = archive_path(self.dest)
+            check_destination(self.dest, archive=True)
             _write_archive(root, self._files, written)
             shutil.rmtree(root)
         else:
@@ -273,6 +274,32 @@ def _write_json(path: Path, value: Any) -> None:
         handle.write("\n")
         handle.flush()
         os.fsync(handle.fileno())
+
+
+def check_destination(dest: Path, *, archive: bool) -> None:
+    """Export may replace an earlier bundle at `dest`, never anything else."""
+    target = archive_path(dest) if archive else dest
+    if not (target.exists() or target.is_symlink()):
+        return
+    if not (_is_bundle_archive(target) if archive else _is_replaceable_bundle(target)):
+        raise KaibuildError("exists and is not a kaibuild bundle; refusing to replace it", where=str(target),
+                            fix="choose another output path, or remove it yourself")
+
+
+def _is_bundle_archive(path: Path) -> bool:
+    """A .tar.zst written by _write_archive: zstd, and manifest.json first."""
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        with open(path, "rb") as raw:
+            if raw.read(4) != _ZSTD_MAGIC:
+                return False
+            raw.seek(0)
+            with tarfile.open(fileobj=zstandard.ZstdDecompressor().stream_reader(raw), mode="r|") as tar:
+                first = tar.next()
+                return first is not None and first.name == MANIFEST
+    except (OSError, tarfile.TarError, zstandard.ZstdError):
+        return False
 
 
 def _is_replaceable_bundle(path: Path) -> bool:
@@ -340,7 +367,7 @@ def read_manifest(bundle_dir: Path) -> dict[str, Any]:
     where = str(path)
     if path.is_symlink() or not path.is_file():
         raise KaibuildError("missing: not a kaibuild bundle (no manifest.json)", where=where,
-                            fix="point at the bundle directory, or extract the .tar.zst first; else " + _REEXPORT)
+                            fix="point at the bundle directory or the .tar.zst export-offline wrote; else " + _REEXPORT)
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as error:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -150,11 +151,12 @@ def _export(args: argparse.Namespace) -> int:
         with build_lock(ctx.store):
             outcome = export_offline(ctx, platforms[0], args.output.resolve(), archive=args.archive,
                                      allow_missing=args.allow_missing, reporter=reporter)
-        reporter.summary(outcome.result.summary)
+        reporter.summary(outcome.result.summary, failures_accepted=outcome.path is not None)
         if outcome.path is None:
-            sys.stderr.write("kaibuild: no bundle written: could not make " + ", ".join(outcome.missing) + "\n"
-                             "  fix: supply what is missing (downloads: put the file in KAIBUILD_DOWNLOAD_DIR, named as the "
-                             "log says), or pass --allow-missing to write the rest and mark the gaps in manifest.json\n")
+            sys.stderr.write("kaibuild: no bundle written; could not make:\n"
+                             + "".join(f"  {name}: {hint}\n" for name, hint in outcome.missing.items())
+                             + "  fix: supply what is missing as said, or pass --allow-missing to write the rest "
+                               "and mark the gaps in manifest.json\n")
             return 1
         if outcome.missing:
             sys.stderr.write("kaibuild: bundle written WITHOUT: " + ", ".join(outcome.missing) + " (see manifest.json 'missing')\n")
@@ -168,19 +170,39 @@ def _import(args: argparse.Namespace) -> int:
     from kaibuild.offline import import_offline
 
     workspace = args.workspace.resolve()
+    existed = workspace.exists()
+    pristine = not existed or not any(workspace.iterdir())  # before the cache may be made inside it
+    platform = str(parse_platforms(args.platform)[0]) if args.platform else None
     config_workspace = workspace if (workspace / "go.mod").exists() else None
     ctx = _import_context(args, workspace, config_workspace)
     try:
         with build_lock(ctx.store):
-            outcome = import_offline(ctx, args.bundle.resolve())
-    finally:
+            outcome = import_offline(ctx, args.bundle.resolve(), fill_workspace=pristine, platform=platform)
+    except BaseException:
         ctx.store.close()
+        if pristine:  # leave it as it was: empty, or not there at all
+            _empty_out(workspace, remove=not existed)
+        raise
+    ctx.store.close()
+    envtest = sum(1 for path in outcome.placed if "k8s" in path.relative_to(workspace / "bin").parts[:1])
     sys.stderr.write(f"kaibuild: imported a {outcome.manifest['platform']} bundle: {len(outcome.images)} images loaded, "
-                     f"{len(outcome.placed)} tools and envtest files placed under {workspace / 'bin'}"
+                     f"{len(outcome.placed) - envtest} tools and {envtest} envtest files placed under {workspace / 'bin'}"
                      f"{', source copied into ' + str(workspace) if outcome.source_copied else ''}\n")
     for missing in outcome.manifest.get("missing", []):
         sys.stderr.write(f"kaibuild: note: the bundle lacks {missing['name']}: {missing['how_to_supply']}\n")
     return 0
+
+
+def _empty_out(directory: Path, *, remove: bool) -> None:
+    """Undo a failed import into a directory that was empty before it."""
+    if remove:
+        shutil.rmtree(directory, ignore_errors=True)
+        return
+    for entry in directory.iterdir() if directory.is_dir() else []:
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
 
 
 def _import_context(args: argparse.Namespace, workspace: Path, config_workspace: Path | None) -> Context:

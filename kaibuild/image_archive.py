@@ -24,6 +24,7 @@ from kaibuild.platform import ELF_MACHINE
 
 _ELF_MACHINE_TO_ARCH = {v: k for k, v in ELF_MACHINE.items()}
 BLOB_DIR = "blobs/sha256/"
+_PULL_HISTORY = "containerd.io/distribution.source."
 # A member: its size and how to open its content.
 Member = tuple[int, Callable[[], IO[bytes]]]
 
@@ -149,7 +150,27 @@ def canonical_members(tar: tarfile.TarFile, where: str) -> dict[str, Member]:
             raise ValueError(f"{where}: member {member.name!r} is not a regular file inside the archive; "
                              "kaibuild stores images saved by Docker 25+ or BuildKit (an OCI layout)")
         members[name] = (member.size, lambda m=member: _member(tar, m))
+    if "index.json" in members:
+        with members["index.json"][1]() as handle:
+            index = _without_pull_history(handle.read())
+        members["index.json"] = (len(index), lambda: io.BytesIO(index))
     return members
+
+
+def _without_pull_history(index_json: bytes) -> bytes:
+    """index.json without containerd's `distribution.source` annotations:
+    they record which registries and repositories this engine once pulled
+    the image from, not what the image is, so the same image saved on two
+    engines would otherwise give two tarballs (and two cache keys)."""
+    index = json.loads(index_json)
+    for descriptor in index.get("manifests", []):
+        annotations = descriptor.get("annotations") or {}
+        kept = {k: v for k, v in annotations.items() if not k.startswith(_PULL_HISTORY)}
+        if kept:
+            descriptor["annotations"] = kept
+        else:
+            descriptor.pop("annotations", None)
+    return json.dumps(index, separators=(",", ":")).encode()
 
 
 def canonicalize(src: Path, dest: Path) -> None:

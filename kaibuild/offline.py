@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from kaibuild import __version__
-from kaibuild.bundle import BundleWriter, extract_archive, safe_import_plan, verify_bundle
+from kaibuild.bundle import BundleWriter, check_destination, extract_archive, safe_import_plan, verify_bundle
 from kaibuild.cache import OutputRecord
 from kaibuild.context import Context
 from kaibuild.errors import KaibuildError
@@ -42,7 +42,7 @@ _NOT_SOURCE = {".git", ".kaibuild", "dist", "bin", "vendor", "offline-bundle"}
 class ExportOutcome:
     path: Path | None
     result: Result
-    missing: list[str]
+    missing: dict[str, str]  # node -> how to supply it
 
 
 def export_offline(ctx: Context, platform: Platform, dest: Path, *, archive: bool, allow_missing: bool,
@@ -53,19 +53,22 @@ def export_offline(ctx: Context, platform: Platform, dest: Path, *, archive: boo
         for node in ctx.rules[target.kind].export_nodes(target, ctx):
             if node.id not in {r.id for r in roots}:
                 roots.append(node)
+    check_destination(dest, archive=archive)  # before the work, not after it
     graph = build_graph(roots, ctx)
-    result = execute(graph, ctx, reporter, keep_going=allow_missing)
-    failed = [str(n) for n in result.summary.failed + result.summary.skipped if n in {r.id for r in roots}]
+    # Always keep going: one run then names everything that is missing.
+    result = execute(graph, ctx, reporter, keep_going=True)
+    by_id = {r.id: r for r in roots}
+    failed = [by_id[n] for n in result.summary.failed + result.summary.skipped if n in by_id]
+    missing = {str(node.id): ctx.rules[node.kind].supply_hint(node) for node in failed}
     if failed and not allow_missing:
-        return ExportOutcome(None, result, failed)
-    if any(n not in {r.id for r in roots} for n in result.summary.failed):
-        return ExportOutcome(None, result, failed)  # something a bundled node needs failed
+        return ExportOutcome(None, result, missing)
+    if any(n not in by_id for n in result.summary.failed):
+        return ExportOutcome(None, result, missing)  # something a bundled node needs failed
     writer = BundleWriter(dest, str(platform), _versions(ctx, roots, result))
     try:
-        for name in failed:
+        for name, hint in missing.items():
             writer.note_missing(name, "could not be built or fetched when the bundle was exported",
-                                "fix the cause export reported for it (a download can be supplied as a file in "
-                                "KAIBUILD_DOWNLOAD_DIR), then export again")
+                                f"on the connected machine, {hint}, then export again")
         entries = []
         for node in roots:
             record = result.records.get(node.id)
@@ -81,7 +84,7 @@ def export_offline(ctx: Context, platform: Platform, dest: Path, *, archive: boo
     except BaseException:
         writer.abort()
         raise
-    return ExportOutcome(path, result, failed)
+    return ExportOutcome(path, result, missing)
 
 
 def _add_node(writer: BundleWriter, ctx: Context, node: Node, record: OutputRecord) -> None:
@@ -152,19 +155,26 @@ class ImportOutcome:
     source_copied: bool
 
 
-def import_offline(ctx: Context, bundle: Path) -> ImportOutcome:
-    """Verify everything first; then fill the cache, load images, place tools."""
+def import_offline(ctx: Context, bundle: Path, *, fill_workspace: bool, platform: str | None = None) -> ImportOutcome:
+    """Verify everything first; then fill the cache, load images, place tools.
+
+    `fill_workspace`: the workspace was empty (or absent) before this command
+    (the cache may since have been made inside it), so it gets all of source/.
+    """
+    if not bundle.exists():
+        raise KaibuildError("does not exist", where=str(bundle),
+                            fix="give the bundle directory or the .tar.zst that export-offline wrote")
     # On the store's filesystem, so assembled image tarballs move into it.
     scratch = Path(tempfile.mkdtemp(prefix=".kaibuild-import-", dir=ctx.store.tmp))
     try:
         if bundle.is_file():
             bundle = extract_archive(bundle, scratch / "bundle")
         assembled = scratch / "assembled"
-        manifest = verify_bundle(bundle, assemble_into=assembled)
+        manifest = verify_bundle(bundle, expected_platform=platform, assemble_into=assembled)
         plan = safe_import_plan(bundle, ctx.workspace)
         entries = json.loads((bundle / CACHE_FILE).read_text()) if (bundle / CACHE_FILE).is_file() else []
         sources = _entry_sources(entries, manifest, bundle, assembled)
-        source_copied = _place_source(bundle, ctx.workspace)
+        source_copied = _place_source(bundle, ctx.workspace, fill=fill_workspace)
         images = _fill_cache(ctx, sources, entries)
         placed = []
         for src, dest in plan:
@@ -196,21 +206,21 @@ def _entry_sources(entries: list[dict[str, Any]], manifest: dict[str, Any], bund
     return sources
 
 
-def _place_source(bundle: Path, workspace: Path) -> bool:
-    """Copy source/ into the workspace if that is empty; vendor/ if it lacks one."""
+def _place_source(bundle: Path, workspace: Path, *, fill: bool) -> bool:
+    """Copy all of source/ into the workspace if it is to be filled; else
+    only vendor/, if it lacks one."""
     source = bundle / "source"
     if not source.is_dir():
         return False
-    empty = not workspace.exists() or not any(workspace.iterdir())
-    parts = [source] if empty else ([source / "vendor"] if not (workspace / "vendor").exists() else [])
+    parts = [source] if fill else ([source / "vendor"] if not (workspace / "vendor").exists() else [])
     parts = [p for p in parts if p.is_dir()]
-    if empty:
+    if fill:
         workspace.parent.mkdir(parents=True, exist_ok=True)
     for part in parts:
         target = workspace if part == source else workspace / "vendor"
-        tmp = Path(tempfile.mkdtemp(prefix=".kaibuild-source-", dir=workspace.parent if empty else workspace))
+        tmp = Path(tempfile.mkdtemp(prefix=".kaibuild-source-", dir=workspace.parent if fill else workspace))
         shutil.copytree(part, tmp / "tree")
-        if empty:
+        if fill:
             workspace.mkdir(parents=True, exist_ok=True)
             for entry in (tmp / "tree").iterdir():
                 os.replace(entry, workspace / entry.name)
@@ -228,11 +238,13 @@ def _fill_cache(ctx: Context, sources: dict[str, Path], entries: list[dict[str, 
             digest = entry["record"]["files"][record_path]
             blob = ctx.store.blob_path(digest)
             if not blob.exists():
-                tmp = ctx.store.temp_dir("import-") / "blob"
+                tmp_dir = ctx.store.temp_dir("import-")
+                tmp = tmp_dir / "blob"
                 shutil.copyfile(sources[bundle_path], tmp)
                 if sha256_file(tmp) != digest:
                     raise KaibuildError(f"{bundle_path} changed while importing", where=str(sources[bundle_path]))
                 ctx.store.put_file(tmp)
+                tmp_dir.rmdir()
         record = OutputRecord.from_json(entry["record"])
         ctx.store.put(entry["key"], record)
         platform = Platform.parse(entry["platform"]) if entry["platform"] else None

@@ -68,7 +68,7 @@ class Reporter:
     def skipped(self, node: NodeId, reason: str) -> None: ...
     def explained(self, node: NodeId, lines: list[str]) -> None: ...
     def artifact(self, node: NodeId, path: Path) -> None: ...
-    def summary(self, summary: Summary) -> None: ...
+    def summary(self, summary: Summary, *, failures_accepted: bool = False) -> None: ...
 
 
 class ConsoleReporter(Reporter):
@@ -113,8 +113,10 @@ class ConsoleReporter(Reporter):
         self.out.write(f"{path}\n")
         self.out.flush()
 
-    def summary(self, summary: Summary) -> None:
-        self._say(("BUILD FAILED: " if summary.failed else "kaibuild: ") + summary.line())
+    def summary(self, summary: Summary, *, failures_accepted: bool = False) -> None:
+        # failures_accepted: the command went on without them (export --allow-missing).
+        failed = summary.failed and not failures_accepted
+        self._say(("BUILD FAILED: " if failed else "kaibuild: ") + summary.line())
 
 
 class JsonLinesReporter(Reporter):
@@ -148,7 +150,7 @@ class JsonLinesReporter(Reporter):
     def artifact(self, node: NodeId, path: Path) -> None:
         self._emit("artifact", node=str(node), path=str(path))
 
-    def summary(self, summary: Summary) -> None:
+    def summary(self, summary: Summary, *, failures_accepted: bool = False) -> None:
         self._emit("summary", executed=len(summary.executed), cached=len(summary.cached),
                    failed=len(summary.failed), skipped=len(summary.skipped), seconds=round(summary.seconds, 3))
 
@@ -172,5 +174,5 @@ class RecordingReporter(Reporter):
     def skipped(self, node: NodeId, reason: str) -> None:
         self.events.append(("skipped", str(node)))
 
-    def summary(self, summary: Summary) -> None:
+    def summary(self, summary: Summary, *, failures_accepted: bool = False) -> None:
         self.last_summary = summary

@@ -90,6 +90,10 @@ class Rule(ABC):
         """The bundle folder this node's artifact goes to; None: not bundled."""
         return None
 
+    def supply_hint(self, node: Node) -> str:
+        """How a user supplies this node's output when it cannot be made here."""
+        return "fix the cause the export reported for it"
+
     def export_nodes(self, node: Node, ctx: Context) -> list[Node]:
         """The nodes an offline bundle needs for this target (built by export)."""
         return [node] if self.bundle_section(node) else []

@@ -94,14 +94,19 @@ def url_basename(url: str) -> str:
     return posixpath.basename(urllib.parse.urlsplit(url).path)
 
 
-def local_names(output: str, url: str, platform: Platform, *, archive: bool) -> list[tuple[str, bool]]:
+def local_names(output: str, url: str, platform: Platform, *, archive: bool,
+                version: str | None = None) -> list[tuple[str, bool]]:
     """File names a local copy may have, in order of preference, each with
     whether it is already the extracted archive member.
 
-    `<output basename>-<os>-<arch>` is the output file itself; the URL's
-    basename is what the URL serves (the archive, for an archive member).
+    `<output basename>[-<version>]-<os>-<arch>` is the output file itself
+    (with the version when the target has one, so kubectl 1.35.0 for the
+    crd-upgrader and envtest's kubectl 1.34.0 cannot be mistaken for each
+    other); the URL's basename is what the URL serves (the archive, for an
+    archive member).
     """
-    names = [(f"{posixpath.basename(output)}-{platform.os}-{platform.arch}", archive)]
+    middle = f"-{version}" if version else ""
+    names = [(f"{posixpath.basename(output)}{middle}-{platform.os}-{platform.arch}", archive)]
     base = url_basename(url)
     if base and base != names[0][0]:
         names.append((base, False))
@@ -177,11 +182,10 @@ class DownloadRule(Rule):
         local = self._local(node)
         sources = plan_sources(url, self._mirrors(node), local, ctx.options.offline)
         if not sources:  # offline and no local file
-            name = local_names(self._output(node), url, platform, archive=bool(member))[-1][0]
             raise KaibuildError(
                 f"{node.id}: {url} is not available offline (no local copy) and --offline forbids the network",
                 where=node.where,
-                fix=f"put {name} in a directory named by {DOWNLOAD_DIR_ENV}, or export an offline bundle with network access first")
+                fix=f"{self.supply_hint(node)}, or export an offline bundle with network access first")
         if local is None and not pins:
             raise ActionFailed(f"no sha256 (or sha512) pinned for {platform} in {node.where}; "
                                f"refusing to use unverified bytes from {url}",
@@ -225,6 +229,11 @@ class DownloadRule(Rule):
     def bundle_section(self, node: Node) -> str | None:
         return str(node.settings.get("bundle_section", "downloads"))
 
+    def supply_hint(self, node: Node) -> str:
+        names = [name for name, _ in self._local_names(node)]
+        files = " or ".join(names[:1] + [f"{n} (what the URL serves)" for n in names[1:]])
+        return f"put {files} in a directory named by {DOWNLOAD_DIR_ENV} (it comes from {self._url(node)})"
+
     # --- helpers -----------------------------------------------------------------
     def _url(self, node: Node) -> str:
         return expand(node.settings["url"], _platform(node), node.settings.get("version"), where=f"{node.where} (url)")
@@ -259,6 +268,10 @@ class DownloadRule(Rule):
                 pins.setdefault(str(platform), {})[algorithm] = value
         return pins
 
+    def _local_names(self, node: Node) -> list[tuple[str, bool]]:
+        return local_names(self._output(node), self._url(node), _platform(node),
+                           archive=bool(node.settings.get("archive_member")), version=node.settings.get("version"))
+
     def _local(self, node: Node) -> Source | None:
         """The local copy in KAIBUILD_DOWNLOAD_DIR, if there is one."""
         directory = os.environ.get(DOWNLOAD_DIR_ENV)
@@ -267,8 +280,7 @@ class DownloadRule(Rule):
         if not Path(directory).is_dir():
             raise ConfigError(f"{DOWNLOAD_DIR_ENV}={directory} is not a directory", where=DOWNLOAD_DIR_ENV,
                               fix="point it at the directory holding the downloads, or unset it")
-        member = node.settings.get("archive_member")
-        for name, extracted in local_names(self._output(node), self._url(node), _platform(node), archive=bool(member)):
+        for name, extracted in self._local_names(node):
             path = Path(directory) / name
             if path.is_file():
                 return Source("local", str(path.resolve()), extracted)

@@ -44,7 +44,9 @@ def kaibuild(workspace: Path, *args: str, cache_dir: Path | None = None, env: di
         command.append("--json")
     if cache_dir is not None:
         command += ["--cache-dir", str(cache_dir)]
-    done = subprocess.run(command, cwd=workspace, capture_output=True, text=True, env={**os.environ, **(env or {})})
+    # This tree's kaibuild, whichever clone an editable install points at.
+    tree = {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run(command, cwd=workspace, capture_output=True, text=True, env={**os.environ, **tree, **(env or {})})
     events = []
     for line in done.stdout.splitlines():
         if line.startswith("{"):

@@ -35,7 +35,7 @@ def downloads_dir(root: Path, arch: str) -> Path:
     are unreachable here), supplied the documented way."""
     folder = root / f"downloads-{arch}"
     folder.mkdir()
-    for name in ("kubectl", "kube-apiserver", "etcd"):
+    for name in ("kubectl-1.34.0", "kube-apiserver-1.34.0", "etcd-1.34.0", "kubectl-1.35.0"):
         (folder / f"{name}-linux-{arch}").write_bytes(fake_elf(arch))
     return folder
 
@@ -104,14 +104,15 @@ def test_import_and_offline_build_on_an_empty_engine_without_registry(exported: 
     root = exported["root"]
     env = {**second_engine, **NO_REGISTRY}
     target_ws = root / "offline-ws"
-    cache_b = root / "cache-b"
+    # The README's flow: the default cache, which import makes inside the (empty) workspace.
     imported = kaibuild(root, "import-offline", str(root / "bundle2.tar.zst"), "--workspace", str(target_ws),
-                        cache_dir=cache_b, env=env)
+                        "--platform", "linux/amd64", env=env)
     assert imported.returncode == 0, imported.stderr
+    assert (target_ws / ".kaibuild" / "cache").is_dir() and "source copied" in imported.stderr
     assert (target_ws / "go.mod").is_file() and (target_ws / "vendor" / "modules.txt").is_file()
     assert (target_ws / "bin" / "mockgen").is_file()
 
-    run = kaibuild(target_ws, "build", "//services:scheduler", "--offline", "--platform", "linux/amd64", cache_dir=cache_b, env=env)
+    run = kaibuild(target_ws, "build", "//services:scheduler", "--offline", "--platform", "linux/amd64", env=env)
     assert run.returncode == 0, run.stderr
     # Base images and the builder come from the bundle; only the project's own code builds.
     assert run.nodes("finished") == {"//build:vendor", "//services:scheduler-bin [linux/amd64]", SCHEDULER_IMG}
@@ -121,8 +122,7 @@ def test_import_and_offline_build_on_an_empty_engine_without_registry(exported: 
     assert offline["//services:scheduler-bin [linux/amd64]"] == online["//services:scheduler-bin [linux/amd64]"]
     assert offline[SCHEDULER_IMG] == online[SCHEDULER_IMG]
 
-    crd = kaibuild(target_ws, "build", "//deployments:crd-upgrader", "--offline", "--platform", "linux/amd64",
-                   cache_dir=cache_b, env=env)
+    crd = kaibuild(target_ws, "build", "//deployments:crd-upgrader", "--offline", "--platform", "linux/amd64", env=env)
     assert crd.returncode == 0, crd.stderr  # C7: the bundled kubectl replaces the curl step
 
     # C6: the envtest binaries for the bundle's platform sit where
@@ -160,11 +160,10 @@ def test_tampered_bundle_is_refused_and_nothing_changes(exported: dict, second_e
     data[len(data) // 2] ^= 0xFF
     victim.write_bytes(bytes(data))
     before = subprocess.run(["docker", "images", "-q"], capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", **second_engine})
-    run = kaibuild(tmp_path, "import-offline", str(bundle), "--workspace", str(tmp_path / "ws"), cache_dir=tmp_path / "cache",
-                   env=second_engine)
+    run = kaibuild(tmp_path, "import-offline", str(bundle), "--workspace", str(tmp_path / "ws"), env=second_engine)
     assert run.returncode == 2
     assert f"images/blobs/sha256/{victim.name}" in run.stderr and "sha256 mismatch" in run.stderr
-    assert not (tmp_path / "ws").exists()
+    assert not (tmp_path / "ws").exists()  # not even the cache it made there
     after = subprocess.run(["docker", "images", "-q"], capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", **second_engine})
     assert sorted(after.stdout.split()) == sorted(before.stdout.split())
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from kaibuild.bundle import BundleWriter, extract_archive, read_manifest, safe_import_plan, verify_bundle
+from kaibuild.bundle import BundleWriter, check_destination, extract_archive, read_manifest, safe_import_plan, verify_bundle
 from kaibuild.errors import KaibuildError, PlatformMismatch
 from kaibuild.image_archive import canonicalize
 
@@ -403,6 +403,22 @@ def test_an_image_member_edited_with_its_digest_fails_the_assembled_sha256(tmp_p
     rewrite_manifest(bundle, lambda m: m["files"][member].update(sha256=hashlib.sha256(data).hexdigest(), size=len(data)))
     with pytest.raises(KaibuildError, match="does not match the manifest's sha256"):
         verify_bundle(bundle)
+
+
+def test_export_refuses_to_replace_a_file_that_is_not_a_bundle_archive(tmp_path: Path) -> None:
+    stranger = tmp_path / "notes.tar.zst"
+    stranger.write_text("hi")
+    with pytest.raises(KaibuildError, match="exists and is not a kaibuild bundle") as caught:
+        check_destination(tmp_path / "notes", archive=True)
+    assert str(stranger) in str(caught.value)
+    writer = BundleWriter(tmp_path / "notes", "linux/amd64", {})
+    with pytest.raises(KaibuildError, match="exists and is not a kaibuild bundle"):
+        writer.commit(archive=True)
+    assert stranger.read_text() == "hi"
+    # An earlier bundle archive may be replaced.
+    earlier = write_bundle(tmp_path / "one", tmp_path / "kept", archive=True)
+    check_destination(tmp_path / "kept", archive=True)
+    assert write_bundle(tmp_path / "two", tmp_path / "kept", archive=True) == earlier
 
 
 # --- archives ------------------------------------------------------------------

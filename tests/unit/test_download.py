@@ -178,6 +178,11 @@ def test_local_names() -> None:
         ("etcd-linux-amd64", True), ("envtest-v1.34.0-linux-amd64.tar.gz", False)]
     assert local_names("kubectl", "https://x/bin/linux/arm64/kubectl", ARM64, archive=False) == [
         ("kubectl-linux-arm64", False), ("kubectl", False)]
+    # With a version, two kubectl versions (crd-upgrader's, envtest's) cannot take each other's file.
+    assert local_names("kubectl", "https://x/v1.35.0/bin/linux/amd64/kubectl", AMD64, archive=False, version="1.35.0")[0] \
+        == ("kubectl-1.35.0-linux-amd64", False)
+    assert local_names("kubectl", "https://x/envtest-v1.34.0-linux-amd64.tar.gz", AMD64, archive=True, version="1.34.0") == [
+        ("kubectl-1.34.0-linux-amd64", True), ("envtest-v1.34.0-linux-amd64.tar.gz", False)]
 
 
 def test_plan_sources_order() -> None:
@@ -433,3 +438,24 @@ def test_non_executable_skips_the_elf_check(tmp_path: Path, server: Server) -> N
                           "sha256": {"linux/amd64": sha(b"kind: CustomResourceDefinition\n")}})
     result, _ = build(ctx)
     assert result.ok and record_of(ctx, result).executable == frozenset()
+
+
+def test_export_names_each_missing_download_with_the_file_to_supply(tmp_path: Path, server: Server,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from kaibuild.bundle import read_manifest
+    from kaibuild.offline import export_offline
+
+    monkeypatch.setattr("rules.gotool.go_version", lambda: "go1.24.4")  # no Go needed for this bundle
+    ctx = make(tmp_path, {"url": server.base + "/v{version}/{os}/kubectl", "output": "kubectl", "version": "1.35.0"})
+    hint = (f"put kubectl-1.35.0-linux-amd64 or kubectl (what the URL serves) in a directory named by "
+            f"KAIBUILD_DOWNLOAD_DIR (it comes from {server.base}/v1.35.0/linux/kubectl)")
+    refused = export_offline(ctx, AMD64, tmp_path / "bundle", archive=False, allow_missing=False,
+                             reporter=RecordingReporter())
+    assert refused.path is None and refused.missing == {"//tools:kubectl [linux/amd64]": hint}
+    assert not (tmp_path / "bundle").exists()
+    written = export_offline(ctx, AMD64, tmp_path / "bundle", archive=False, allow_missing=True,
+                             reporter=RecordingReporter())
+    assert written.path is not None
+    manifest = read_manifest(written.path)
+    assert manifest["missing"][0]["how_to_supply"] == f"on the connected machine, {hint}, then export again"
+    assert manifest["versions"]["//tools:kubectl"] == "1.35.0"

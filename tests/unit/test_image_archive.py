@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import tarfile
 from pathlib import Path
 
@@ -55,3 +56,34 @@ def test_a_symlink_member_is_refused_naming_the_tarball(tmp_path: Path) -> None:
         tar.addfile(info)
     with pytest.raises(ValueError, match=r"legacy\.tar: member 'abc/layer.tar' is not a regular file"):
         canonicalize(path, tmp_path / "out.tar")
+
+
+def test_pull_history_annotations_do_not_reach_the_canonical_form(tmp_path: Path) -> None:
+    """The same image pulled through different registries must give the same tarball."""
+
+    def index(annotations: dict[str, str]) -> bytes:
+        descriptor = {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": "sha256:" + "a" * 64,
+                      "size": 405, "annotations": annotations}
+        return json.dumps({"schemaVersion": 2, "manifests": [descriptor]}).encode()
+
+    def tarball(name: str, annotations: dict[str, str]) -> bytes:
+        raw = tmp_path / f"{name}.raw"
+        with tarfile.open(raw, "w") as tar:
+            data = index(annotations)
+            info = tarfile.TarInfo("index.json")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        canonicalize(raw, tmp_path / f"{name}.tar")
+        return (tmp_path / f"{name}.tar").read_bytes()
+
+    named = {"io.containerd.image.name": "docker.io/library/builder:1"}
+    one = tarball("one", {**named, "containerd.io/distribution.source.127.0.0.1": "docker.io/library/golang"})
+    two = tarball("two", {**named, "containerd.io/distribution.source.docker.io": "library/other,library/golang"})
+    assert one == two
+    with tarfile.open(tmp_path / "one.tar") as tar:
+        kept = json.load(tar.extractfile("index.json"))  # type: ignore[arg-type]
+    assert kept["manifests"][0]["annotations"] == named  # the image's own name stays
+    tarball("bare", {"containerd.io/distribution.source.x": "y"})
+    with tarfile.open(tmp_path / "bare.tar") as tar:
+        bare = json.load(tar.extractfile("index.json"))  # type: ignore[arg-type]
+    assert "annotations" not in bare["manifests"][0]  # nothing left: no empty map either
