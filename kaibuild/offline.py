@@ -77,9 +77,13 @@ def export_offline(ctx: Context, platform: Platform, dest: Path, *, archive: boo
             _add_node(writer, ctx, node, record)
             entries.append(_cache_entry(ctx, node, record, result.keys[node.id], result.materials[node.id]))
         _add_source(writer, ctx.workspace)
-        cache_json = ctx.store.temp_dir("export-") / "actions.json"
-        cache_json.write_text(json.dumps(entries, indent=1, sort_keys=True))
-        writer.add_file(CACHE_FILE, cache_json)
+        scratch = ctx.store.temp_dir("export-")
+        try:
+            cache_json = scratch / "actions.json"
+            cache_json.write_text(json.dumps(entries, indent=1, sort_keys=True))
+            writer.add_file(CACHE_FILE, cache_json)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
         path = writer.commit(archive=archive)
     except BaseException:
         writer.abort()

@@ -91,8 +91,11 @@ class GoVendorRule(Rule):
         log.write(done.stdout + done.stderr)
         if done.returncode != 0:
             last = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"
+            too_new = "requires go >=" in done.stderr  # GOTOOLCHAIN=local: never a toolchain download (C5)
             raise ActionFailed(f"go mod vendor failed: {last}", where=str(ws / "go.mod"),
-                               fix="check go.mod/go.sum ('go mod tidy') and that GOPROXY can serve the modules")
+                               fix="install the Go version go.mod asks for (and put it first on PATH), or lower go.mod's "
+                                   "go/toolchain line" if too_new else
+                                   "check go.mod/go.sum ('go mod tidy') and that GOPROXY can serve the modules")
         if (out / "vendor").exists() and not (out / "vendor" / "modules.txt").is_file():
             raise ActionFailed("go mod vendor wrote no vendor/modules.txt", where=str(ws / "go.mod"))
         return RunResult(out, {})
