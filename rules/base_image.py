@@ -32,7 +32,7 @@ def base_image_node(ref: str, platform: Platform, wanted_by: str) -> Node:
 
 class BaseImageRule(Rule):
     kind = "base_image"
-    version = 2  # 2: image tarballs in canonical form (image_archive.canonicalize)
+    version = 3  # 2: canonical tarballs (image_archive.canonicalize); 3: without pull-history annotations
     settings = {"ref": str}
     required = frozenset({"ref"})
     run_early = True  # resolving pins checks the registry before any long build

@@ -38,7 +38,7 @@ TARBALL = "image.tar"
 
 class DockerImageRule(Rule):
     kind = "docker_image"
-    version = 2  # FROM lines name the local base image: its layers are kept as they are
+    version = 3  # 2: FROM names the local base image, keeping its layers; 3: canonical tarballs
     settings = {
         "dockerfile": str,  # path from the workspace root
         "context": str,  # build context directory, default the workspace root
