@@ -161,9 +161,12 @@ def _expand_target(raw: dict[str, Any], index: int, variables: dict[str, str], l
             raise ConfigError(f"for_each refers to list {list_name!r}, which is missing or empty",
                               where=locate.target(index, "for_each"), fix=f"add [lists] {list_name} = [\"...\"]")
         items = [{name: str(v)} for v in values]
+    # A target's own plain settings are placeholders too, ahead of [vars]: a
+    # download's {version} is its own version, not the services' version.
+    own = {k: v for k, v in raw.items() if k not in _TARGET_COMMON and isinstance(v, str) and "{" not in v}
     specs = []
     for item in items:
-        scope = {**variables, **item}
+        scope = {**variables, **own, **item}
         settings = {k: _substitute(v, scope, locate.target(index, k)) for k, v in raw.items() if k not in _TARGET_COMMON}
         address_text = _substitute(raw["address"], scope, locate.target(index, "address"))
         try:
@@ -178,7 +181,7 @@ def _expand_target(raw: dict[str, Any], index: int, variables: dict[str, str], l
 
 
 def _substitute(value: Any, scope: dict[str, str], where: str) -> Any:
-    """Fill {name} placeholders from [vars] and for_each; keep the late ones."""
+    """Fill {name} placeholders from the scope ([vars], own settings, for_each); keep the late ones."""
     if isinstance(value, list):
         return [_substitute(v, scope, where) for v in value]
     if isinstance(value, dict):

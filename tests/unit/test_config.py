@@ -61,6 +61,27 @@ def test_unknown_placeholder_is_an_error(tmp_path: Path) -> None:
         load_config(ws, SCHEMAS)
 
 
+def test_a_targets_own_setting_wins_over_vars_as_a_placeholder(tmp_path: Path) -> None:
+    # [vars] version is the services' version; a target with its own version means that one.
+    ws = write(tmp_path, """
+[vars]
+version = "0.0.0"
+[[target]]
+address = "//a:own"
+kind = "thing"
+path = "https://x/v{version}/kubectl"
+version = "1.35.0"
+[[target]]
+address = "//a:vars"
+kind = "thing"
+path = "registry/{version}"
+""")
+    schemas = {"thing": {**SCHEMAS["thing"], "version": str}}
+    targets = load_config(ws, schemas).targets
+    assert targets[Address.parse("//a:own")].settings["path"] == "https://x/v1.35.0/kubectl"
+    assert targets[Address.parse("//a:vars")].settings["path"] == "registry/0.0.0"
+
+
 def test_unknown_kind_lists_the_known_ones(tmp_path: Path) -> None:
     ws = write(tmp_path, '[[target]]\naddress = "//a:b"\nkind = "thnig"\n')
     with pytest.raises(ConfigError) as error:

@@ -459,3 +459,51 @@ def test_export_names_each_missing_download_with_the_file_to_supply(tmp_path: Pa
     manifest = read_manifest(written.path)
     assert manifest["missing"][0]["how_to_supply"] == f"on the connected machine, {hint}, then export again"
     assert manifest["versions"]["//tools:kubectl"] == "1.35.0"
+
+
+# --- the shipped kaibuild.toml's pinned downloads ----------------------------------------
+
+
+def shipped_downloads() -> dict[str, Any]:
+    from kaibuild.config import DEFAULT_CONFIG, load_config
+    from rules import all_rules
+
+    schemas = {kind: rule.settings for kind, rule in all_rules().items()}
+    config = load_config(DEFAULT_CONFIG.parent, schemas)
+    return {str(a): spec for a, spec in config.targets.items() if spec.kind == "download"}
+
+
+def test_every_shipped_download_is_pinned_for_both_linux_platforms() -> None:
+    downloads = shipped_downloads()
+    assert {"//downloads:kubectl", "//envtest:etcd"} <= set(downloads)
+    rule = DownloadRule()
+    for address, spec in downloads.items():
+        node = type("N", (), {"settings": spec.settings, "where": spec.where})()
+        assert set(rule._pins(node)) == {"linux/amd64", "linux/arm64"}, address  # type: ignore[arg-type]
+
+
+def kubectl_client_tarball(kubectl: bytes) -> bytes:
+    """A stand-in laid out like dl.k8s.io's kubernetes-client-<os>-<arch>.tar.gz."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        info = tarfile.TarInfo("kubernetes/client/bin/kubectl")
+        info.size, info.mode = len(kubectl), 0o755
+        tar.addfile(info, io.BytesIO(kubectl))
+    return buffer.getvalue()
+
+
+def test_shipped_kubectl_target_extracts_from_the_client_tarball_and_checks_the_published_sha512(
+        tmp_path: Path, server: Server) -> None:
+    settings = dict(shipped_downloads()["//downloads:kubectl"].settings)
+    settings["mirrors"] = [server.base + "/mirror"]
+    tarball = kubectl_client_tarball(ELF_AMD64)
+    server.put("mirror/v1.35.0/kubernetes-client-linux-amd64.tar.gz", tarball)
+    # The stand-in is not the published tarball: the real pin refuses it.
+    message = failure(make(tmp_path / "real-pin", settings))
+    assert "sha512 mismatch" in message and "expected a1469924" in message
+    assert server.requests == ["/mirror/v1.35.0/kubernetes-client-linux-amd64.tar.gz"]
+    # With the stand-in's own sha512 pinned, the member the config names is what comes out.
+    settings["sha512"] = {"linux/amd64": hashlib.sha512(tarball).hexdigest()}
+    ctx = make(tmp_path / "own-pin", settings)
+    result, _ = build(ctx)
+    assert result.ok and output_bytes(ctx, result, "kubectl") == ELF_AMD64
