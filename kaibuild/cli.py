@@ -174,6 +174,7 @@ def _import(args: argparse.Namespace) -> int:
     pristine = not existed or not any(workspace.iterdir())  # before the cache may be made inside it
     platform = str(parse_platforms(args.platform)[0]) if args.platform else None
     config_workspace = workspace if (workspace / "go.mod").exists() else None
+    new_cache = _first_missing(_cache_dir(args, workspace))
     ctx = _import_context(args, workspace, config_workspace)
     try:
         with build_lock(ctx.store):
@@ -182,6 +183,8 @@ def _import(args: argparse.Namespace) -> int:
         ctx.store.close()
         if pristine:  # leave it as it was: empty, or not there at all
             _empty_out(workspace, remove=not existed)
+        elif new_cache is not None:  # nor a cache directory this import made
+            shutil.rmtree(new_cache, ignore_errors=True)
         raise
     ctx.store.close()
     envtest = sum(1 for path in outcome.placed if "k8s" in path.relative_to(workspace / "bin").parts[:1])
@@ -191,6 +194,16 @@ def _import(args: argparse.Namespace) -> int:
     for missing in outcome.manifest.get("missing", []):
         sys.stderr.write(f"kaibuild: note: the bundle lacks {missing['name']}: {missing['how_to_supply']}\n")
     return 0
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost directory of `path` that does not exist yet (what making it would create)."""
+    missing = None
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            break
+        missing = candidate
+    return missing
 
 
 def _empty_out(directory: Path, *, remove: bool) -> None:

@@ -5,11 +5,13 @@ constraints). Its key covers go.mod, go.sum, the set of packages the
 module's files import (not their bodies: editing code without changing
 imports cannot change the vendor tree) and the Go version, which decides the
 format of vendor/modules.txt. Offline, the workspace's own vendor/ (placed
-by import-offline) is the output, as it is.
+by import-offline) is the output, as it is. Either way Go itself checks the
+tree against go.mod before it is used or written (`go list -mod=vendor`).
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -49,8 +51,10 @@ class GoVendorRule(Rule):
 
     def inputs(self, node: Node, ctx: Context, deps: dict[str, OutputRecord]) -> dict[str, Any]:
         ws = ctx.workspace
-        if ctx.options.offline:
-            return {"offline_vendor": ctx.digests.tree(ws, _workspace_vendor(ws))}
+        go_files = {"go.mod": ctx.digests.digest(ws / "go.mod"),
+                    "go.sum": ctx.digests.digest(ws / "go.sum") if (ws / "go.sum").exists() else None}
+        if ctx.options.offline:  # go.mod too: an edit after import must be checked against vendor/ again
+            return {"offline_vendor": ctx.digests.tree(ws, _workspace_vendor(ws)), **go_files}
         imports: set[str] = set()
         for rel in module_go_files(ws):
             digest = ctx.digests.digest(ws / rel)  # stat-cached: unchanged files are not read
@@ -62,8 +66,7 @@ class GoVendorRule(Rule):
         module = ctx.go_module
         external = sorted(p for p in imports if "." in p.split("/")[0] and p != module and not p.startswith(module + "/"))
         return {
-            "go.mod": ctx.digests.digest(ws / "go.mod"),
-            "go.sum": ctx.digests.digest(ws / "go.sum") if (ws / "go.sum").exists() else None,
+            **go_files,
             "imports": external,
             "go_version": go_version(),
         }
@@ -72,6 +75,8 @@ class GoVendorRule(Rule):
             work: Path, log: ActionLog) -> RunResult:
         ws = ctx.workspace
         if ctx.options.offline:  # the vendor tree the bundle placed in the workspace, as it is
+            _check_consistent(ws, ws, log, fix="undo the go.mod/go.sum edit, or export the bundle again from this go.mod "
+                                           "(kaibuild export-offline) and import it")
             out = work / "out"
             for rel in inputs["offline_vendor"]:
                 (out / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -85,17 +90,46 @@ class GoVendorRule(Rule):
                 shutil.copyfile(ws / rel, sandbox / rel)
         out = work / "out"
         out.mkdir()
-        command = [go_command(), "mod", "vendor", "-o", str(out / "vendor")]
+        command = [go_command(), "mod", "vendor"]
         log.write("$ " + " ".join(command))
         done = subprocess.run(command, cwd=sandbox, capture_output=True, text=True, env=clean_env(GOFLAGS="-mod=mod"))
         log.write(done.stdout + done.stderr)
         if done.returncode != 0:
-            last = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"
-            too_new = "requires go >=" in done.stderr  # GOTOOLCHAIN=local: never a toolchain download (C5)
-            raise ActionFailed(f"go mod vendor failed: {last}", where=str(ws / "go.mod"),
-                               fix="install the Go version go.mod asks for (and put it first on PATH), or lower go.mod's "
-                                   "go/toolchain line" if too_new else
-                                   "check go.mod/go.sum ('go mod tidy') and that GOPROXY can serve the modules")
-        if (out / "vendor").exists() and not (out / "vendor" / "modules.txt").is_file():
-            raise ActionFailed("go mod vendor wrote no vendor/modules.txt", where=str(ws / "go.mod"))
+            raise _go_failed("go mod vendor failed", done, where=str(ws / "go.mod"),
+                             fix="check go.mod/go.sum ('go mod tidy') and that GOPROXY can serve the modules")
+        vendor = sandbox / "vendor"
+        if vendor.exists():  # a module with no dependencies has no vendor tree
+            if not (vendor / "modules.txt").is_file():
+                raise ActionFailed("go mod vendor wrote no vendor/modules.txt", where=str(ws / "go.mod"))
+            _check_consistent(sandbox, ws, log, fix="run 'go mod tidy' and check go.mod/go.sum")
+            os.replace(vendor, out / "vendor")
         return RunResult(out, {})
+
+
+def _check_consistent(module_dir: Path, workspace: Path, log: ActionLog, *, fix: str) -> None:
+    """Go's own check that vendor/modules.txt matches go.mod and every package
+    the module imports is vendored: `go list` reads only imports, so it is
+    quick, and it fails just as a -mod=vendor build would. Errors name the
+    workspace's files, whichever copy was checked."""
+    command = [go_command(), "list", "-mod=vendor", "-f", "{{.ImportPath}}", "./..."]
+    log.write("$ " + " ".join(command))
+    done = subprocess.run(command, cwd=module_dir, capture_output=True, text=True,
+                          env=clean_env(GOFLAGS="-mod=vendor", GOPROXY="off"))
+    log.write(done.stderr)
+    if done.returncode != 0:
+        raise _go_failed("the vendor tree does not match go.mod", done,
+                         where=f"{workspace / 'go.mod'} and {workspace / 'vendor' / 'modules.txt'}", fix=fix)
+
+
+def _go_failed(what: str, done: subprocess.CompletedProcess[str], *, where: str, fix: str) -> ActionFailed:
+    """The error for a failed Go command, with Go's own first line of it."""
+    lines = done.stderr.strip().splitlines()
+    if "requires go >=" in done.stderr:  # GOTOOLCHAIN=local: never a toolchain download (C5)
+        line = next(text for text in lines if "requires go >=" in text)
+        return ActionFailed(f"{what}: {line}", where=where, log_tail=done.stderr[-4000:],
+                            fix="install the Go version go.mod asks for (and put it first on PATH), "
+                                "or lower go.mod's go/toolchain line")
+    # Go's header lines name a scratch copy; the first line after them says what is wrong.
+    first = next((text.strip() for text in lines if not text.startswith(("go: downloading", "go: inconsistent vendoring"))),
+                 f"exit {done.returncode}")
+    return ActionFailed(f"{what}: {first}", where=where, fix=fix, log_tail=done.stderr[-4000:])

@@ -5,12 +5,17 @@ and the offline field cases (C1, C4-C7)."""
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
+import os
 import shutil
 import subprocess
+import tarfile
 from pathlib import Path
 
 import pytest
+import zstandard
 
 from kaibuild.bundle import verify_bundle
 from kaibuild.config import DEFAULT_CONFIG
@@ -150,22 +155,95 @@ def test_offline_build_fails_fast_naming_a_url_it_would_fetch(exported: dict, tm
     assert "--offline" in run.stderr and run.nodes("started") == set()
 
 
-def test_tampered_bundle_is_refused_and_nothing_changes(exported: dict, second_engine: dict[str, str], tmp_path: Path) -> None:
-    bundle = tmp_path / "bundle"
-    shutil.copytree(exported["bundle"], bundle)
-    manifest = json.loads((bundle / "manifest.json").read_text())
+def test_offline_build_refuses_a_go_mod_edited_after_import_naming_both_files(exported: dict, tmp_path: Path) -> None:
+    ws = copy_kai_mini_from(exported["ws"], tmp_path / "ws")
+    shutil.copytree(exported["bundle"] / "source" / "vendor", ws / "vendor")
+    go_mod = ws / "go.mod"
+    assert "github.com/google/uuid v1.6.0" in go_mod.read_text()
+    go_mod.write_text(go_mod.read_text().replace("github.com/google/uuid v1.6.0", "github.com/google/uuid v1.5.0"))
+    run = kaibuild(ws, "build", "//services:scheduler", "--offline", "--platform", "linux/amd64",
+                   cache_dir=exported["cache"], env=NO_REGISTRY)
+    assert run.returncode != 0
+    failure = next(e for e in run.events if e["event"] == "failed")
+    assert failure["node"] == "//build:vendor"
+    assert "vendor tree does not match go.mod" in failure["error"] and "uuid@v1.5.0" in failure["error"]
+    assert str(go_mod) in failure["error"] and str(ws / "vendor" / "modules.txt") in failure["error"]
+    assert "//services:scheduler-bin [linux/amd64]" not in run.nodes("started")
+
+
+def tree_state(root: Path) -> dict[str, str]:
+    """Every path under root with its content's sha256 (or its link target, or 'dir')."""
+    state = {}
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root).as_posix()
+        if path.is_symlink():
+            state[rel] = "-> " + os.readlink(path)
+        elif path.is_dir():
+            state[rel] = "dir"
+        else:
+            state[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return state
+
+
+def hostile_archive(path: Path, bundle: Path) -> Path:
+    """A .tar.zst that starts like a real bundle, then has a member that climbs out."""
+    with open(path, "wb") as raw, zstandard.ZstdCompressor().stream_writer(raw) as stream, \
+            tarfile.open(fileobj=stream, mode="w|") as tar:
+        tar.add(bundle / "manifest.json", arcname="manifest.json")
+        evil = tarfile.TarInfo("../evil")
+        evil.size = 4
+        tar.addfile(evil, io.BytesIO(b"evil"))
+    return path
+
+
+def _flip_a_blob_byte(bundle: Path, manifest: dict) -> tuple[list[str], str]:
     distroless = next(i for i in manifest["images"] if i["reference"] == "nvcr.io/nvidia/distroless/go:v3.2.1")
     victim = max((bundle / "images" / "blobs" / "sha256" / b for b in distroless["blobs"]), key=lambda p: p.stat().st_size)
     data = bytearray(victim.read_bytes())
     data[len(data) // 2] ^= 0xFF
     victim.write_bytes(bytes(data))
-    before = subprocess.run(["docker", "images", "-q"], capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", **second_engine})
-    run = kaibuild(tmp_path, "import-offline", str(bundle), "--workspace", str(tmp_path / "ws"), env=second_engine)
-    assert run.returncode == 2
-    assert f"images/blobs/sha256/{victim.name}" in run.stderr and "sha256 mismatch" in run.stderr
-    assert not (tmp_path / "ws").exists()  # not even the cache it made there
-    after = subprocess.run(["docker", "images", "-q"], capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", **second_engine})
-    assert sorted(after.stdout.split()) == sorted(before.stdout.split())
+    return [], f"images/blobs/sha256/{victim.name}: sha256 mismatch"
+
+
+def _delete_a_tool(bundle: Path, manifest: dict) -> tuple[list[str], str]:
+    (bundle / "tools" / "mockgen").unlink()
+    return [], "tools/mockgen"
+
+
+def _ask_for_another_platform(bundle: Path, manifest: dict) -> tuple[list[str], str]:
+    return ["--platform", "linux/arm64"], "linux/arm64"
+
+
+# Each edits a copy of the bundle; returns the import flags and what the error must name.
+TAMPERING = {"flipped byte": _flip_a_blob_byte, "missing file": _delete_a_tool,
+             "image for another platform": _ask_for_another_platform}
+
+
+@pytest.mark.parametrize("case", [*TAMPERING, "hostile archive member"])
+def test_tampered_bundle_is_refused_and_nothing_changes(exported: dict, second_engine: dict[str, str], tmp_path: Path,
+                                                        case: str) -> None:
+    bundle = tmp_path / "bundle"
+    if case == "hostile archive member":
+        bundle, (flags, expected) = hostile_archive(tmp_path / "evil.tar.zst", exported["bundle"]), ([], "'../evil'")
+    else:
+        shutil.copytree(exported["bundle"], bundle)
+        flags, expected = TAMPERING[case](bundle, json.loads((bundle / "manifest.json").read_text()))
+    # A workspace that already has the project and an older tool: import must not touch either.
+    ws = copy_kai_mini_from(exported["ws"], tmp_path / "ws")
+    (ws / "bin").mkdir()
+    (ws / "bin" / "mockgen").write_bytes(b"an older mockgen")
+    before, parent_before = tree_state(ws), sorted(p.name for p in tmp_path.iterdir())
+    docker = {"PATH": "/usr/bin:/bin", **second_engine}
+    images_before = subprocess.run(["docker", "images", "-aq"], capture_output=True, text=True, env=docker).stdout.split()
+
+    run = kaibuild(tmp_path, "import-offline", str(bundle), "--workspace", str(ws), *flags, env=second_engine)
+
+    assert run.returncode == 2, run.stderr
+    assert expected in run.stderr, run.stderr
+    assert tree_state(ws) == before  # not even a cache directory
+    assert sorted(p.name for p in tmp_path.iterdir()) == parent_before and not (tmp_path.parent / "evil").exists()
+    after = subprocess.run(["docker", "images", "-aq"], capture_output=True, text=True, env=docker).stdout.split()
+    assert sorted(after) == sorted(images_before)
 
 
 def test_c1_partial_local_pull_does_not_leak_into_the_bundle(exported: dict, docker_env: dict, tmp_path: Path) -> None:
