@@ -13,7 +13,10 @@ with a warning and its digest recorded.
 
 The key covers the expanded URL, the pin for this platform, the archive
 member and the digest of a local file if one is used, so the same pinned
-bytes from a mirror or the origin share one cached output.
+bytes from a mirror or the origin share one cached output. A verified
+archive is kept in the cache under its pins, so the other members of it
+(envtest's three binaries) are taken from there, checked again, not
+downloaded again; `cache prune` drops it, as no output record refers to it.
 """
 
 from __future__ import annotations
@@ -52,7 +55,8 @@ _URL_PLACEHOLDERS = ("os", "arch", "variant", "version")
 
 @dataclass(frozen=True)
 class Source:
-    """One place to get the bytes from: kind is "local", "mirror" or "origin"."""
+    """One place to get the bytes from: kind is "local", "mirror", "origin" or
+    "cache" (an archive another member's download kept)."""
 
     kind: str
     location: str  # a file path for "local", a URL otherwise
@@ -192,7 +196,8 @@ class DownloadRule(Rule):
                                where=str(node.id),
                                fix=f'add "{platform}" = "<sha256 of the file>" to the target\'s sha256 table in kaibuild.toml '
                                    f"(or supply the file through {DOWNLOAD_DIR_ENV})")
-        fetched, source, digests = self._fetch(node, sources, work, log)
+        recalled = _recall_archive(ctx, pins, work, log) if member and local is None else None
+        fetched, source, digests = recalled or self._fetch(node, sources, work, log)
         digest = digests["sha256"]
         if source.kind == "local":
             if digest != inputs["local"]:
@@ -211,6 +216,8 @@ class DownloadRule(Rule):
                                    fix="the file is not the pinned one: check the URL/version, the mirror or the local file; "
                                        "update the pin in kaibuild.toml only if the new file is trusted")
         if member and not source.extracted:
+            if source.kind in ("mirror", "origin"):
+                _remember_archive(ctx, fetched, pins, work)  # verified: the next member of it needs no download
             fetched = _extract(fetched, member, work, source, node)
         executable = node.settings.get("executable", True)
         if executable:
@@ -316,6 +323,39 @@ class DownloadRule(Rule):
         url = sources[-1].location
         raise ActionFailed(f"could not download {url}: " + "; ".join(failures), where=str(node.id),
                            fix=f"check network access and the mirrors, or put the file in {DOWNLOAD_DIR_ENV}")
+
+
+def _recall_archive(ctx: Context, pins: dict[str, str], work: Path,
+                    log: ActionLog) -> tuple[Path, Source, dict[str, str]] | None:
+    """A copy of the pinned archive another member's download kept in the
+    cache (the three envtest binaries share one), checked again, or None."""
+    for algorithm, pin in sorted(pins.items()):
+        kept = ctx.store.actions.get(f"archive:{algorithm}:{pin}")
+        blob = ctx.store.blob_path(kept) if isinstance(kept, str) else None
+        if blob is None or not blob.is_file():
+            continue
+        handle, name = tempfile.mkstemp(prefix="download-", suffix=".part", dir=work)
+        digests = {a: hashlib.new(a) for a in _HASH_LENGTHS}
+        with os.fdopen(handle, "wb") as sink, open(blob, "rb") as stream:
+            _copy(stream, sink, digests)
+        found = {a: h.hexdigest() for a, h in digests.items()}
+        if all(found[a] == p for a, p in pins.items()):
+            log.write(f"using the archive already downloaded for another member ({blob})")
+            return Path(name), Source("cache", str(blob)), found
+        Path(name).unlink()  # damaged since: drop it (no blob may differ from its name) and download again
+        blob.unlink(missing_ok=True)
+    return None
+
+
+def _remember_archive(ctx: Context, archive: Path, pins: dict[str, str], work: Path) -> None:
+    """Keep a verified archive in the cache, recorded under each of its pins
+    (the blob first, the record last)."""
+    handle, name = tempfile.mkstemp(prefix="archive-", dir=work)
+    os.close(handle)
+    shutil.copyfile(archive, name)
+    digest = ctx.store.put_file(Path(name))
+    for algorithm, pin in pins.items():
+        ctx.store.actions.set(f"archive:{algorithm}:{pin}", digest)
 
 
 def _platform(node: Node) -> Platform:

@@ -414,6 +414,34 @@ def test_archive_member_is_extracted(tmp_path: Path, server: Server) -> None:
     assert rule.artifact(ctx.target_node(Address.parse(TARGET), AMD64), record) == ("bin/etcd", "etcd")
 
 
+def test_members_of_one_archive_download_it_once_and_a_damaged_kept_copy_is_fetched_again(
+        tmp_path: Path, server: Server) -> None:
+    archive = envtest_archive()
+    url = server.put("envtest.tar.gz", archive)
+    ctx = make(tmp_path, {})
+    members = {"//envtest:etcd": "kubebuilder/bin/etcd", "//envtest:kube-apiserver": "kubebuilder/bin/kube-apiserver"}
+    for address, member in members.items():
+        settings = {"url": url, "output": member.rpartition("/")[2], "archive_member": member,
+                    "sha512": {"linux/amd64": hashlib.sha512(archive).hexdigest()}}
+        ctx.config.targets[Address.parse(address)] = TargetSpec(Address.parse(address), "download", settings, "kaibuild.toml:9")
+    nodes = [ctx.target_node(Address.parse(address), AMD64) for address in members]
+    result = execute(build_graph(nodes, ctx), ctx, RecordingReporter())
+    assert result.ok and server.requests == ["/envtest.tar.gz"]
+    etcd, apiserver = (result.records[node.id] for node in nodes)
+    assert ctx.store.blob_path(etcd.files["etcd"]).read_bytes() == ELF_AMD64
+    assert ctx.store.blob_path(apiserver.files["kube-apiserver"]).read_bytes() == fake_elf(62, 300)
+
+    # The kept archive is a cache blob like any other; if it rots, the next member downloads again.
+    kept = ctx.store.blob_path(sha(archive))
+    kept.chmod(0o644)
+    kept.write_bytes(b"rotten")
+    ctx.config.targets[Address.parse("//envtest:etcd")].settings["output"] = "etcd-again"  # a new key
+    again = execute(build_graph(nodes[:1], ctx), ctx, RecordingReporter())
+    assert again.ok and server.requests == ["/envtest.tar.gz"] * 2
+    assert ctx.store.blob_path(again.records[nodes[0].id].files["etcd-again"]).read_bytes() == ELF_AMD64
+    assert kept.read_bytes() == archive  # replaced by the verified download
+
+
 def test_missing_archive_member_fails(tmp_path: Path, server: Server) -> None:
     archive = envtest_archive()
     url = server.put("envtest.tar.gz", archive)
