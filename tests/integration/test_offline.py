@@ -155,6 +155,20 @@ def test_offline_build_fails_fast_naming_a_url_it_would_fetch(exported: dict, tm
     assert "--offline" in run.stderr and run.nodes("started") == set()
 
 
+def test_offline_build_fails_fast_naming_an_image_the_bundle_lacks(exported: dict, tmp_path: Path) -> None:
+    ws = copy_kai_mini_from(exported["ws"], tmp_path / "ws")
+    dockerfile = ws / "Dockerfile"
+    dockerfile.write_text(dockerfile.read_text().replace("FROM nvcr.io/nvidia/distroless/go:v3.2.1 AS prod",
+                                                         "FROM gcr.io/distroless/static:nonroot AS prod"))
+    shutil.copytree(exported["bundle"] / "source" / "vendor", ws / "vendor")
+    run = kaibuild(ws, "build", "//services:scheduler", "--offline", "--platform", "linux/amd64",
+                   cache_dir=exported["cache"], env=NO_REGISTRY)
+    assert run.returncode == 1
+    [failure] = [e for e in run.events if e["event"] == "failed"]
+    assert "gcr.io/distroless/static:nonroot" in failure["error"] and "--offline forbids" in failure["error"]
+    assert run.summary["executed"] == 0 and run.nodes("started") == set()  # before any build step ran
+
+
 def test_offline_build_refuses_a_go_mod_edited_after_import_naming_both_files(exported: dict, tmp_path: Path) -> None:
     ws = copy_kai_mini_from(exported["ws"], tmp_path / "ws")
     shutil.copytree(exported["bundle"] / "source" / "vendor", ws / "vendor")
