@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -169,19 +170,31 @@ def test_offline_build_fails_fast_naming_an_image_the_bundle_lacks(exported: dic
     assert run.summary["executed"] == 0 and run.nodes("started") == set()  # before any build step ran
 
 
-def test_offline_build_refuses_a_go_mod_edited_after_import_naming_both_files(exported: dict, tmp_path: Path) -> None:
-    ws = copy_kai_mini_from(exported["ws"], tmp_path / "ws")
-    shutil.copytree(exported["bundle"] / "source" / "vendor", ws / "vendor")
+def _pin_an_older_uuid(ws: Path) -> str:
     go_mod = ws / "go.mod"
     assert "github.com/google/uuid v1.6.0" in go_mod.read_text()
     go_mod.write_text(go_mod.read_text().replace("github.com/google/uuid v1.6.0", "github.com/google/uuid v1.5.0"))
+    return "does not match go.mod: github.com/google/uuid@v1.5.0: is explicitly required in go.mod"
+
+
+def _lose_a_vendored_module(ws: Path) -> str:
+    shutil.rmtree(ws / "vendor" / "github.com" / "google")
+    return "lacks a package the module imports: pkg/shared/shared.go"
+
+
+@pytest.mark.parametrize("edit", [_pin_an_older_uuid, _lose_a_vendored_module], ids=["go.mod edited", "vendor/ pruned"])
+def test_offline_build_refuses_a_vendor_tree_out_of_step_with_go_mod(exported: dict, tmp_path: Path,
+                                                                   edit: Callable[[Path], str]) -> None:
+    ws = copy_kai_mini_from(exported["ws"], tmp_path / "ws")
+    shutil.copytree(exported["bundle"] / "source" / "vendor", ws / "vendor")
+    expected = edit(ws)
     run = kaibuild(ws, "build", "//services:scheduler", "--offline", "--platform", "linux/amd64",
                    cache_dir=exported["cache"], env=NO_REGISTRY)
     assert run.returncode != 0
     failure = next(e for e in run.events if e["event"] == "failed")
     assert failure["node"] == "//build:vendor"
-    assert "vendor tree does not match go.mod" in failure["error"] and "uuid@v1.5.0" in failure["error"]
-    assert str(go_mod) in failure["error"] and str(ws / "vendor" / "modules.txt") in failure["error"]
+    assert expected in failure["error"], failure["error"]
+    assert str(ws / "go.mod") in failure["error"] and str(ws / "vendor" / "modules.txt") in failure["error"]
     assert "//services:scheduler-bin [linux/amd64]" not in run.nodes("started")
 
 
