@@ -286,6 +286,22 @@ def check_destination(dest: Path, *, archive: bool) -> None:
                             fix="choose another output path, or remove it yourself")
 
 
+def is_bundle_output(path: Path) -> bool:
+    """Something export-offline wrote: a bundle, a bundle archive, or the
+    `.<name>.tmp-*` it writes them in (left behind if it was killed)."""
+    if path.name.startswith(".") and ".tmp-" in path.name:
+        return True
+    if path.is_symlink():
+        return False
+    if path.is_dir():
+        try:
+            read_manifest(path)
+        except KaibuildError:
+            return False
+        return True
+    return path.name.endswith(".tar.zst") and _is_bundle_archive(path)
+
+
 def _is_bundle_archive(path: Path) -> bool:
     """A .tar.zst written by _write_archive: zstd, and manifest.json first."""
     if path.is_symlink() or not path.is_file():

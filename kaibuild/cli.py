@@ -171,7 +171,12 @@ def _import(args: argparse.Namespace) -> int:
 
     workspace = args.workspace.resolve()
     existed = workspace.exists()
+    if existed and not workspace.is_dir():
+        raise KaibuildError("is not a directory", where=f"--workspace {workspace}", fix=_IMPORT_WORKSPACES)
     pristine = not existed or not any(workspace.iterdir())  # before the cache may be made inside it
+    if not pristine and not (workspace / "go.mod").is_file():
+        raise KaibuildError("is neither empty nor a checkout of the project (no go.mod): import would not know what "
+                            "to do with what is there", where=f"--workspace {workspace}", fix=_IMPORT_WORKSPACES)
     platform = str(parse_platforms(args.platform)[0]) if args.platform else None
     config_workspace = workspace if (workspace / "go.mod").exists() else None
     new_cache = _first_missing(_cache_dir(args, workspace))
@@ -190,10 +195,16 @@ def _import(args: argparse.Namespace) -> int:
     envtest = sum(1 for path in outcome.placed if "k8s" in path.relative_to(workspace / "bin").parts[:1])
     sys.stderr.write(f"kaibuild: imported a {outcome.manifest['platform']} bundle: {len(outcome.images)} images loaded, "
                      f"{len(outcome.placed) - envtest} tools and {envtest} envtest files placed under {workspace / 'bin'}"
-                     f"{', source copied into ' + str(workspace) if outcome.source_copied else ''}\n")
+                     f"{_SOURCE_PLACED[outcome.source_placed].format(workspace)}\n")
     for missing in outcome.manifest.get("missing", []):
         sys.stderr.write(f"kaibuild: note: the bundle lacks {missing['name']}: {missing['how_to_supply']}\n")
     return 0
+
+
+_IMPORT_WORKSPACES = ("import into a new or empty directory (it gets the bundle's source), or into the project's "
+                      "checkout (it gets vendor/ if it has none, bin/ and the cache)")
+_SOURCE_PLACED = {"source": ", source copied into {}", "vendor": ", vendor/ placed in {} (its other files left as they were)",
+                  "": " ({} left as it was: it has its own vendor/)"}
 
 
 def _first_missing(path: Path) -> Path | None:
@@ -313,6 +324,10 @@ def _setup(args: argparse.Namespace, exec_platform: Platform | None = None) -> t
     workspace = args.workspace.resolve()
     if not workspace.is_dir():
         raise ConfigError(f"workspace {workspace} is not a directory", where="--workspace")
+    if not (workspace / "go.mod").is_file():  # before the cache is made there
+        raise ConfigError(f"{workspace} is not a Go module's root (no go.mod)", where=str(workspace / "go.mod"),
+                          fix="run kaibuild where go.mod is, or pass --workspace DIR (after import-offline: the "
+                              "directory it filled)")
     config = load_config(workspace, _schemas())
     store = Store(_cache_dir(args, workspace))
     layer_cache = getattr(args, "buildkit_cache", None)

@@ -52,7 +52,14 @@ def find_config(workspace: Path) -> Path:
     if own.is_file():
         return own
     override = os.environ.get("KAIBUILD_DEFAULT_CONFIG")
-    return Path(override) if override else DEFAULT_CONFIG
+    if override:
+        return Path(override)
+    if not DEFAULT_CONFIG.is_file():  # a non-editable install: the default sits in kaibuild's repository, not here
+        raise ConfigError(f"no {CONFIG_NAME} in {workspace}, and this kaibuild install has no default one",
+                          where=str(own),
+                          fix=f"copy kaibuild's own {CONFIG_NAME} (the root of its repository) into the workspace, "
+                              f"set KAIBUILD_DEFAULT_CONFIG to it, or install kaibuild with 'pip install -e <its clone>'")
+    return DEFAULT_CONFIG
 
 
 def load_config(workspace: Path, schemas: dict[str, dict[str, type | tuple[type, ...]]]) -> Config:

@@ -16,14 +16,23 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from kaibuild import __version__
-from kaibuild.bundle import BundleWriter, check_destination, extract_archive, safe_import_plan, verify_bundle
+from kaibuild.bundle import (
+    BundleWriter,
+    check_destination,
+    extract_archive,
+    is_bundle_output,
+    safe_import_plan,
+    verify_bundle,
+)
 from kaibuild.cache import OutputRecord
+from kaibuild.config import CONFIG_NAME
 from kaibuild.context import Context
 from kaibuild.errors import KaibuildError
 from kaibuild.executor import Result, execute
@@ -76,7 +85,7 @@ def export_offline(ctx: Context, platform: Platform, dest: Path, *, archive: boo
                 continue
             _add_node(writer, ctx, node, record)
             entries.append(_cache_entry(ctx, node, record, result.keys[node.id], result.materials[node.id]))
-        _add_source(writer, ctx.workspace)
+        _add_source(writer, ctx)
         scratch = ctx.store.temp_dir("export-")
         try:
             cache_json = scratch / "actions.json"
@@ -115,21 +124,36 @@ def _cache_entry(ctx: Context, node: Node, record: OutputRecord, key: str, mater
     }
 
 
-def _add_source(writer: BundleWriter, workspace: Path) -> None:
-    writer.add_tree("source", workspace, _source_files(workspace))
+def _add_source(writer: BundleWriter, ctx: Context) -> None:
+    workspace = ctx.workspace
+    files = _git_tracked(workspace)
+    if files is None:
+        sys.stderr.write(f"kaibuild: note: {workspace} is not in a git repository, so source/ holds every file under it "
+                         f"but {', '.join(sorted(_NOT_SOURCE))} and bundles\n")
+        files = _all_files(workspace)
+    writer.add_tree("source", workspace, files)
+    if ctx.config.path != workspace / CONFIG_NAME:  # kaibuild's default: the offline machine gets the config used here
+        writer.add_file(f"source/{CONFIG_NAME}", ctx.config.path)
 
 
-def _source_files(workspace: Path) -> list[str]:
-    """The workspace's tracked files (git), or all files but generated ones."""
-    if (workspace / ".git").exists():
-        listed = subprocess.run(["git", "-C", str(workspace), "ls-files", "-z"], capture_output=True, text=True)
-        if listed.returncode == 0:
-            files = [f for f in listed.stdout.split("\0") if f and f.split("/")[0] not in _NOT_SOURCE]
-            return [f for f in files if (workspace / f).is_file()]
+def _git_tracked(workspace: Path) -> list[str] | None:
+    """The files git tracks under the workspace (which may be any directory of
+    a repository), or None when git does not track the workspace's go.mod."""
+    listed = subprocess.run(["git", "-C", str(workspace), "ls-files", "-z"], capture_output=True, text=True)
+    files = [f for f in listed.stdout.split("\0") if f] if listed.returncode == 0 else []
+    if "go.mod" not in files:  # not a repository, or an untracked directory inside one
+        return None
+    return [f for f in files if f.split("/")[0] not in _NOT_SOURCE and (workspace / f).is_file()]
+
+
+def _all_files(workspace: Path) -> list[str]:
+    """Every file under the workspace but generated ones and bundles (finished,
+    or an export's temp dir), wherever they were written."""
     found = []
     for root, dirs, names in os.walk(workspace):
-        dirs[:] = [d for d in dirs if not (Path(root) == workspace and d in _NOT_SOURCE)]
-        found += [(Path(root) / n).relative_to(workspace).as_posix() for n in names]
+        here = Path(root)
+        dirs[:] = [d for d in dirs if not (here == workspace and d in _NOT_SOURCE) and not is_bundle_output(here / d)]
+        found += [(here / n).relative_to(workspace).as_posix() for n in names if not is_bundle_output(here / n)]
     return sorted(found)
 
 
@@ -156,7 +180,7 @@ class ImportOutcome:
     manifest: dict[str, Any]
     images: list[str]
     placed: list[Path]
-    source_copied: bool
+    source_placed: str  # "source" (all of it), "vendor" (vendor/ only) or ""
 
 
 def import_offline(ctx: Context, bundle: Path, *, fill_workspace: bool, platform: str | None = None) -> ImportOutcome:
@@ -178,7 +202,7 @@ def import_offline(ctx: Context, bundle: Path, *, fill_workspace: bool, platform
         plan = safe_import_plan(bundle, ctx.workspace)
         entries = json.loads((bundle / CACHE_FILE).read_text()) if (bundle / CACHE_FILE).is_file() else []
         sources = _entry_sources(entries, manifest, bundle, assembled)
-        source_copied = _place_source(bundle, ctx.workspace, fill=fill_workspace)
+        source_placed = _place_source(bundle, ctx.workspace, fill=fill_workspace)
         images = _fill_cache(ctx, sources, entries)
         placed = []
         for src, dest in plan:
@@ -188,7 +212,7 @@ def import_offline(ctx: Context, bundle: Path, *, fill_workspace: bool, platform
             os.chmod(tmp, 0o755 if manifest["files"][src.relative_to(bundle).as_posix()].get("executable") else 0o644)
             os.replace(tmp, dest)
             placed.append(dest)
-        return ImportOutcome(manifest, images, placed, source_copied)
+        return ImportOutcome(manifest, images, placed, source_placed)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -210,12 +234,12 @@ def _entry_sources(entries: list[dict[str, Any]], manifest: dict[str, Any], bund
     return sources
 
 
-def _place_source(bundle: Path, workspace: Path, *, fill: bool) -> bool:
+def _place_source(bundle: Path, workspace: Path, *, fill: bool) -> str:
     """Copy all of source/ into the workspace if it is to be filled; else
-    only vendor/, if it lacks one."""
+    only vendor/, if it lacks one. Says which it did."""
     source = bundle / "source"
     if not source.is_dir():
-        return False
+        return ""
     parts = [source] if fill else ([source / "vendor"] if not (workspace / "vendor").exists() else [])
     parts = [p for p in parts if p.is_dir()]
     if fill:
@@ -231,7 +255,7 @@ def _place_source(bundle: Path, workspace: Path, *, fill: bool) -> bool:
         else:
             os.replace(tmp / "tree", target)
         shutil.rmtree(tmp, ignore_errors=True)
-    return bool(parts)
+    return "" if not parts else "source" if fill else "vendor"
 
 
 def _fill_cache(ctx: Context, sources: dict[str, Path], entries: list[dict[str, Any]]) -> list[str]:
