@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import os
 import shutil
+import signal
 import sys
 from pathlib import Path
+
+import psutil
 
 from kaibuild import __version__
 from kaibuild.address import Address, matches
@@ -25,6 +29,7 @@ from kaibuild.rule import Node, Rule
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    handlers = {number: signal.signal(number, _interrupted) for number in (signal.SIGINT, signal.SIGTERM)}
     try:
         return args.handler(args)
     except KaibuildError as error:
@@ -36,6 +41,25 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `kaibuild graph | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    finally:
+        for number, handler in handlers.items():
+            signal.signal(number, handler)
+
+
+def _interrupted(signum: int, frame: object) -> None:
+    """SIGTERM (CI cancelling, `timeout`) stops kaibuild as Ctrl-C does, so
+    temp files are removed and nothing half-done is recorded. First the
+    docker and go processes it started: python-on-whales leaves them running,
+    and a killed parent would leave them building on."""
+    children = psutil.Process().children(recursive=True)
+    for child in children:
+        with contextlib.suppress(psutil.Error):
+            child.terminate()
+    _, alive = psutil.wait_procs(children, timeout=10)
+    for child in alive:
+        with contextlib.suppress(psutil.Error):
+            child.kill()
+    raise KeyboardInterrupt
 
 
 def _parser() -> argparse.ArgumentParser:

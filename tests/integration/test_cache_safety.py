@@ -1,6 +1,7 @@
 """The cache under concurrency and crashes, on the real engine: two builds at
 once both succeed and agree; a build killed with SIGKILL at any moment
-leaves no record pointing to missing or partial outputs."""
+leaves no record pointing to missing or partial outputs; SIGTERM stops the
+docker processes kaibuild started and leaves no temp files."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from kaibuild.cache import OutputRecord, Store
@@ -84,3 +86,29 @@ def test_sigkill_mid_build_leaves_a_sound_cache(warm_copy: tuple[Path, Path], de
                             capture_output=True, text=True, check=True).stdout.split()[-1]
     out = subprocess.run(["docker", "run", "--rm", "--network", "none", loaded], capture_output=True, text=True)
     assert f"kai-mini-scheduler-kill-{delay}" in out.stdout
+
+
+def test_sigterm_mid_buildx_stops_its_docker_processes_and_leaves_nothing_half_written(
+        warm_copy: tuple[Path, Path]) -> None:
+    ws, cache = warm_copy
+    dockerfile = ws / "build" / "builder" / "Dockerfile"
+    dockerfile.write_text(dockerfile.read_text() + "RUN sleep 120 # sigterm-test\n")  # a long step, a new key
+    process = start_build(ws, cache, "//build:builder")
+    assert process.stdout is not None
+    for line in process.stdout:  # until the builder's buildx is under way
+        if line.startswith("{") and json.loads(line)["event"] == "started":
+            break
+    time.sleep(5)
+    children = psutil.Process(process.pid).children(recursive=True)
+    assert any("buildx" in " ".join(child.cmdline()) for child in children)  # the CLI the test is about
+    process.send_signal(signal.SIGTERM)  # to kaibuild alone, as `timeout` or a CI runner sends it
+    _, stderr = process.communicate(timeout=60)
+
+    assert process.returncode == 130, stderr
+    assert "kaibuild: interrupted" in stderr
+    assert not [child for child in children if child.is_running() and child.status() != psutil.STATUS_ZOMBIE]
+    assert list((cache / "tmp").iterdir()) == []  # no image.tar.raw or work dir left
+    assert not (ws / "dist").exists() or not any((ws / "dist").rglob("*.tar"))
+    check_cache(cache)
+    explain = kaibuild(ws, "explain", "//build:builder", cache_dir=cache)
+    assert "//build:builder" in explain.stdout and "will rebuild" in explain.stdout  # nothing recorded for the new key
