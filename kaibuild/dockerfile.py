@@ -601,6 +601,10 @@ class _Analyzer:
         text = "\n".join([*cmd.value, *(doc.content for doc in cmd.heredocs)])
         for url in _URL.findall(text):
             found.urls[self.expand_url(_tidy_url(url), env)] = None
+        for name, value in env.items():  # ARG TOOL_URL=https://... then RUN curl $TOOL_URL
+            if _URL.search(value) and re.search(rf"\$(?:{re.escape(name)}\b|\{{{re.escape(name)}\b)", text):
+                for url in _URL.findall(value):
+                    found.urls[_tidy_url(url)] = None
 
     def expand_url(self, url: str, env: Mapping[str, str]) -> str:
         """Fill in ARG/ENV values the shell will see; keep the text if any is unknown."""

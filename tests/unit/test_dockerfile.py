@@ -332,6 +332,19 @@ ADD git@github.com:org/repo.git /src
     assert plan.context_sources == ()
 
 
+def test_urls_held_in_an_arg_or_env_that_a_run_line_uses(tmp_path: Path) -> None:
+    text = """\
+FROM alpine
+ARG TOOL_URL=https://example.com/tool-1.0.tgz
+ARG UNUSED_URL=https://example.com/never-fetched
+ENV MIRROR=https://mirror.test/base
+RUN wget -q $TOOL_URL && curl -fsSL "${MIRROR}/file" -o /f
+"""
+    plan = analyze(tmp_path, text)
+
+    assert set(plan.urls) == {"https://example.com/tool-1.0.tgz", "https://mirror.test/base"}
+
+
 def test_copy_from_a_later_stage_raises(tmp_path: Path) -> None:
     text = "FROM alpine AS a\nCOPY --from=b /x /x\nFROM alpine AS b\n"
 
