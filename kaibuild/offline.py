@@ -194,11 +194,17 @@ def import_offline(ctx: Context, bundle: Path, *, fill_workspace: bool, platform
                             fix="give the bundle directory or the .tar.zst that export-offline wrote")
     # On the store's filesystem, so assembled image tarballs move into it.
     scratch = Path(tempfile.mkdtemp(prefix=".kaibuild-import-", dir=ctx.store.tmp))
+    archive = bundle if bundle.is_file() else None
     try:
-        if bundle.is_file():
-            bundle = extract_archive(bundle, scratch / "bundle")
+        if archive is not None:
+            bundle = extract_archive(archive, scratch / "bundle")
         assembled = scratch / "assembled"
-        manifest = verify_bundle(bundle, expected_platform=platform, assemble_into=assembled)
+        try:
+            manifest = verify_bundle(bundle, expected_platform=platform, assemble_into=assembled)
+        except KaibuildError as error:
+            if archive is not None and error.where:  # name the member of the user's file, not our scratch copy
+                error.where = error.where.replace(f"{bundle}/", f"{archive}: member ").replace(str(bundle), str(archive))
+            raise
         plan = safe_import_plan(bundle, ctx.workspace)
         entries = json.loads((bundle / CACHE_FILE).read_text()) if (bundle / CACHE_FILE).is_file() else []
         sources = _entry_sources(entries, manifest, bundle, assembled)

@@ -223,27 +223,43 @@ def hostile_archive(path: Path, bundle: Path) -> Path:
     return path
 
 
-def _flip_a_blob_byte(bundle: Path, manifest: dict) -> tuple[list[str], str]:
+def packed(bundle: Path, path: Path) -> Path:
+    """The bundle as `export-offline --archive` writes it: manifest.json first."""
+    with open(path, "wb") as raw, zstandard.ZstdCompressor().stream_writer(raw) as stream, \
+            tarfile.open(fileobj=stream, mode="w|") as tar:
+        tar.add(bundle / "manifest.json", arcname="manifest.json")
+        for file in sorted(p for p in bundle.rglob("*") if p.is_file() and p != bundle / "manifest.json"):
+            tar.add(file, arcname=file.relative_to(bundle).as_posix())
+    return path
+
+
+def _flip_a_blob_byte(bundle: Path, manifest: dict) -> tuple[Path, list[str], str]:
     distroless = next(i for i in manifest["images"] if i["reference"] == "nvcr.io/nvidia/distroless/go:v3.2.1")
     victim = max((bundle / "images" / "blobs" / "sha256" / b for b in distroless["blobs"]), key=lambda p: p.stat().st_size)
     data = bytearray(victim.read_bytes())
     data[len(data) // 2] ^= 0xFF
     victim.write_bytes(bytes(data))
-    return [], f"images/blobs/sha256/{victim.name}: sha256 mismatch"
+    return bundle, [], f"images/blobs/sha256/{victim.name}: sha256 mismatch"
 
 
-def _delete_a_tool(bundle: Path, manifest: dict) -> tuple[list[str], str]:
+def _flip_a_byte_then_pack(bundle: Path, manifest: dict) -> tuple[Path, list[str], str]:
+    _, flags, expected = _flip_a_blob_byte(bundle, manifest)
+    archive = packed(bundle, bundle.with_name("bundle.tar.zst"))
+    return archive, flags, f"{archive}: member {expected}"  # the user's file, not kaibuild's scratch copy
+
+
+def _delete_a_tool(bundle: Path, manifest: dict) -> tuple[Path, list[str], str]:
     (bundle / "tools" / "mockgen").unlink()
-    return [], "tools/mockgen"
+    return bundle, [], "tools/mockgen"
 
 
-def _ask_for_another_platform(bundle: Path, manifest: dict) -> tuple[list[str], str]:
-    return ["--platform", "linux/arm64"], "linux/arm64"
+def _ask_for_another_platform(bundle: Path, manifest: dict) -> tuple[Path, list[str], str]:
+    return bundle, ["--platform", "linux/arm64"], "linux/arm64"
 
 
-# Each edits a copy of the bundle; returns the import flags and what the error must name.
-TAMPERING = {"flipped byte": _flip_a_blob_byte, "missing file": _delete_a_tool,
-             "image for another platform": _ask_for_another_platform}
+# Each edits a copy of the bundle; returns what to import, the import flags and what the error must name.
+TAMPERING = {"flipped byte": _flip_a_blob_byte, "flipped byte in an archive": _flip_a_byte_then_pack,
+             "missing file": _delete_a_tool, "image for another platform": _ask_for_another_platform}
 
 
 @pytest.mark.parametrize("case", [*TAMPERING, "hostile archive member"])
@@ -254,7 +270,7 @@ def test_tampered_bundle_is_refused_and_nothing_changes(exported: dict, second_e
         bundle, (flags, expected) = hostile_archive(tmp_path / "evil.tar.zst", exported["bundle"]), ([], "'../evil'")
     else:
         shutil.copytree(exported["bundle"], bundle)
-        flags, expected = TAMPERING[case](bundle, json.loads((bundle / "manifest.json").read_text()))
+        bundle, flags, expected = TAMPERING[case](bundle, json.loads((bundle / "manifest.json").read_text()))
     # A workspace that already has the project and an older tool: import must not touch either.
     ws = copy_kai_mini_from(exported["ws"], tmp_path / "ws")
     (ws / "bin").mkdir()
