@@ -150,6 +150,11 @@ class DownloadRule(Rule):
         "bundle_section": str,  # offline bundle folder: "downloads" (default) or "envtest"
     }
     required = frozenset({"url", "output"})
+
+    def __init__(self) -> None:
+        # URL -> why it failed, for this process: the members of one archive
+        # (envtest's three) then wait out one timeout, not three.
+        self._failed: dict[str, str] = {}
     offline_reuses_inputs = True  # offline, the bundle's recorded inputs stand in
 
     def expand(self, node: Node, ctx: Context) -> list[Node]:
@@ -297,6 +302,9 @@ class DownloadRule(Rule):
         """The bytes of the first source that delivers, in a temp file under work, and their digests."""
         failures = []
         for source in sources:
+            if source.location in self._failed:
+                failures.append(f"{_describe(source)}: {self._failed[source.location]} (tried earlier in this run)")
+                continue
             handle, name = tempfile.mkstemp(prefix="download-", suffix=".part", dir=work)
             part = Path(name)
             digests = {algorithm: hashlib.new(algorithm) for algorithm in _HASH_LENGTHS}
@@ -318,6 +326,7 @@ class DownloadRule(Rule):
                 failures.append(f"{_describe(source)}: {reason}")
                 if source.kind == "local":
                     raise ActionFailed(f"cannot read {source.location}: {reason}", where=str(node.id)) from None
+                self._failed[source.location] = reason
                 continue
             return part, source, {algorithm: h.hexdigest() for algorithm, h in digests.items()}
         url = sources[-1].location

@@ -442,6 +442,28 @@ def test_members_of_one_archive_download_it_once_and_a_damaged_kept_copy_is_fetc
     assert kept.read_bytes() == archive  # replaced by the verified download
 
 
+def test_an_archive_that_cannot_be_fetched_is_tried_once_per_run_for_all_its_members(
+        tmp_path: Path, server: Server) -> None:
+    url = f"{server.base}/gone/envtest.tar.gz"  # 404
+    ctx = make(tmp_path, {})
+    addresses = ["//envtest:etcd", "//envtest:kube-apiserver"]
+    for address in addresses:
+        settings = {"url": url, "output": address.rpartition(":")[2], "archive_member": f"bin/{address.rpartition(':')[2]}",
+                    "sha256": {"linux/amd64": "0" * 64}}
+        ctx.config.targets[Address.parse(address)] = TargetSpec(Address.parse(address), "download", settings, "kaibuild.toml:9")
+    messages: list[str] = []
+
+    class Catching(RecordingReporter):
+        def failed(self, node: Any, error: Exception, log_tail: str, log_path: Any) -> None:
+            messages.append(str(error))
+
+    nodes = [ctx.target_node(Address.parse(address), AMD64) for address in addresses]
+    result = execute(build_graph(nodes, ctx), ctx, Catching(), keep_going=True)
+    assert not result.ok and len(messages) == 2
+    assert server.requests == ["/gone/envtest.tar.gz"]
+    assert "404" in messages[0] and "404" in messages[1] and "tried earlier in this run" in messages[1]
+
+
 def test_missing_archive_member_fails(tmp_path: Path, server: Server) -> None:
     archive = envtest_archive()
     url = server.put("envtest.tar.gz", archive)
