@@ -193,11 +193,14 @@ class DockerEngine:
             return json.loads(self._cli(["buildx", "imagetools", "inspect", "--raw", source]))
         except KaibuildError as error:
             mirror_note = f" (mirror of {ref_text})" if source != str(ImageRef.parse(ref_text)) else ""
-            raise KaibuildError(
-                f"cannot resolve base image {ref_text} from {source}{mirror_note}: {error.message.splitlines()[-1]}",
-                where=ref_text,
-                fix="check the registry is reachable, or set a mirror in kaibuild.toml [registry] mirrors "
-                    "or KAIBUILD_REGISTRY_MIRRORS (e.g. docker.io=127.0.0.1:5000)") from None
+            reason = error.message.splitlines()[-1]
+            # The registry answered, and has no such tag: a typo, not a network problem.
+            fix = (f"check that {ref_text} exists (the FROM line or the target's ref may have a typo)"
+                   if reason.rstrip().endswith("not found") else
+                   "check the registry is reachable, or set a mirror in kaibuild.toml [registry] mirrors "
+                   "or KAIBUILD_REGISTRY_MIRRORS (e.g. docker.io=127.0.0.1:5000)")
+            raise KaibuildError(f"cannot resolve base image {ref_text} from {source}{mirror_note}: {reason}",
+                                where=ref_text, fix=fix) from None
 
     def _digest_of(self, source: str) -> str:
         out = self._cli(["buildx", "imagetools", "inspect", "--format", "{{json .Manifest}}", source])

@@ -15,6 +15,9 @@ _ARCH_ALIASES = {
 # Variants that are the only (or default) one of their arch, so "arm64/v8"
 # and "arm64" name the same platform.
 _DEFAULT_VARIANT = {"arm64": "v8", "amd64": "v1"}
+# The variants each arch has (OCI image spec); others have none.
+_VARIANTS = {"arm64": ("v8", "v8.1", "v8.2", "v8.3", "v8.4", "v8.5", "v9"), "arm": ("v5", "v6", "v7", "v8"),
+             "amd64": ("v1", "v2", "v3", "v4")}
 # ELF e_machine values (and word size) per Go arch, for checking binaries.
 ELF_MACHINE = {"amd64": 62, "arm64": 183, "arm": 40, "386": 3, "ppc64le": 21, "s390x": 22, "riscv64": 243}
 
@@ -42,6 +45,11 @@ class Platform:
                 fix="use one of amd64 (x86_64), arm64 (aarch64), arm/v7, ppc64le, s390x, riscv64",
             )
         arch = _ARCH_ALIASES[arch]
+        if variant and variant not in _VARIANTS.get(arch, ()):
+            known = ", ".join(_VARIANTS.get(arch, ())) or "none"
+            hint = "; 32-bit ARM is linux/arm/v7" if arch == "arm64" else ""
+            raise ConfigError(f"unknown variant {variant!r} for {arch} in platform {text!r}",
+                              fix=f"{arch}'s variants: {known} (or leave it out){hint}")
         if arch == "arm" and not variant:
             variant = "v7"
         if _DEFAULT_VARIANT.get(arch) == variant:

@@ -162,6 +162,17 @@ def test_base_image_missing_the_platform_fails_naming_both(ws: Path, docker_env:
     assert not (other / "dist").exists()
 
 
+def test_a_base_tag_the_registry_lacks_is_called_a_typo_not_a_network_problem(ws: Path, tmp_path: Path) -> None:
+    other = copy_kai_mini(tmp_path / "ws")
+    dockerfile = other / "Dockerfile"
+    dockerfile.write_text(dockerfile.read_text().replace("nvcr.io/nvidia/distroless/go:v3.2.1", "nvcr.io/nvidia/distroless/go:v9.9.9"))
+    run = kaibuild(other, "build", SCHEDULER, "--platform", "linux/amd64", cache_dir=ws.parent / "cache")
+    assert run.returncode != 0
+    failure = next(e for e in run.events if e["event"] == "failed")
+    assert "nvcr.io/nvidia/distroless/go:v9.9.9" in failure["error"] and "not found" in failure["error"]
+    assert "may have a typo" in failure["error"] and "reachable" not in failure["error"]
+
+
 def test_binary_for_the_wrong_arch_in_the_image_fails_the_build(ws: Path, tmp_path: Path) -> None:
     # The Apple Silicon trap: the Dockerfile copies a fixed-arch binary (here
     # a stale arm64 one in bin/) into an image built for amd64.
