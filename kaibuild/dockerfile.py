@@ -616,6 +616,10 @@ class _Analyzer:
         return url if lexer.missing else value
 
 
+class UnknownStage(DockerfileError):
+    """The target stage asked for is not in the Dockerfile (callers know which setting asked)."""
+
+
 def _find_target(stages: list[_Stage], target: str | None, path: Path) -> _Stage:
     if target is None:
         return stages[-1]
@@ -623,7 +627,7 @@ def _find_target(stages: list[_Stage], target: str | None, path: Path) -> _Stage
         if stage.name == target.lower():
             return stage
     names = ", ".join(stage.name for stage in stages if stage.name) or "(no stage is named)"
-    raise DockerfileError(
+    raise UnknownStage(
         f"target stage {target!r} not found in {path}; available stages: {names}",
         where=str(path),
         fix="set target to one of the stage names (FROM ... AS <name>)",

@@ -24,7 +24,14 @@ from dockerfile import parse_file
 from kaibuild.address import Address
 from kaibuild.cache import OutputRecord
 from kaibuild.context import Context
-from kaibuild.dockerfile import BaseImage, DockerfilePlan, analyze_dockerfile, rewrite_from_lines, select_context_files
+from kaibuild.dockerfile import (
+    BaseImage,
+    DockerfilePlan,
+    UnknownStage,
+    analyze_dockerfile,
+    rewrite_from_lines,
+    select_context_files,
+)
 from kaibuild.errors import ConfigError, KaibuildError, PlatformMismatch
 from kaibuild.fingerprint import key_of
 from kaibuild.image_archive import elf_arch, read_file, read_images
@@ -134,9 +141,13 @@ class DockerImageRule(Rule):
 
     # --- helpers -----------------------------------------------------------------
     def _plan(self, node: Node, ctx: Context) -> DockerfilePlan:
-        plan = analyze_dockerfile(self._dockerfile(node, ctx), target=node.settings.get("stage"),
-                                  build_args=self._build_args(node), target_platform=str(_platform(node)),
-                                  build_platform=str(ctx.exec_platform))
+        try:
+            plan = analyze_dockerfile(self._dockerfile(node, ctx), target=node.settings.get("stage"),
+                                      build_args=self._build_args(node), target_platform=str(_platform(node)),
+                                      build_platform=str(ctx.exec_platform))
+        except UnknownStage as error:
+            raise ConfigError(error.message, where=f"{node.where} (stage)",
+                              fix="set the target's stage in kaibuild.toml to one of those names") from None
         if ctx.options.offline and plan.urls:
             raise KaibuildError(
                 f"{node.id.label}: {node.settings['dockerfile']} fetches {', '.join(plan.urls)} while building, "

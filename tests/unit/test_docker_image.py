@@ -5,9 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from kaibuild.cache import OutputRecord, Store
 from kaibuild.config import Config
 from kaibuild.context import Context, Options
+from kaibuild.errors import ConfigError
 from kaibuild.platform import Platform
 from kaibuild.rule import Node, NodeId
 from rules.base_image import local_image_name
@@ -103,3 +106,11 @@ def test_dockerfile_without_external_from_is_built_as_it_is(tmp_path: Path) -> N
     ctx, node = setup(tmp_path, "FROM scratch\nCOPY --from=busybox:1 /bin/sh /sh\n")
 
     assert DockerImageRule()._build_dockerfile(node, ctx, base_records(ctx, node)) == ctx.workspace / "Dockerfile"
+
+
+def test_a_stage_the_dockerfile_lacks_names_the_kaibuild_toml_setting(tmp_path: Path) -> None:
+    ctx, node = setup(tmp_path, stage="prodd")
+    with pytest.raises(ConfigError, match="target stage 'prodd' not found") as raised:
+        DockerImageRule().expand(node, ctx)
+    assert raised.value.where == "kaibuild.toml:1 (stage)"
+    assert raised.value.fix and "stage in kaibuild.toml" in raised.value.fix and "build, test" in raised.value.message
