@@ -25,10 +25,13 @@ from kaibuild.graph import build_graph, execution_order
 from kaibuild.platform import Platform, parse_platforms
 from kaibuild.report import ConsoleReporter, JsonLinesReporter, Reporter
 from kaibuild.rule import Node, Rule
+from rules.download import DOWNLOAD_DIR_ENV
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if getattr(args, "download_dir", None):  # read where the download rule reads it, as if exported
+        os.environ[DOWNLOAD_DIR_ENV] = str(args.download_dir.resolve())
     handlers = {number: signal.signal(number, _interrupted) for number in (signal.SIGINT, signal.SIGTERM)}
     try:
         return args.handler(args)
@@ -62,6 +65,12 @@ def _interrupted(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _download_dir_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--download-dir", type=Path, default=None, metavar="DIR",
+                         help=f"files for pinned downloads, named as the URL names them or NAME-VERSION-OS-ARCH "
+                              f"(the same as {DOWNLOAD_DIR_ENV}=DIR)")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kaibuild", description="Build a Go monorepo's images per platform, "
                                      "incrementally and offline.")
@@ -84,6 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--keep-going", "-k", action="store_true", help="after a failure, still run independent actions")
     build.add_argument("--json", action="store_true", help="JSON-lines events on stdout instead of progress")
     build.add_argument("-v", "--verbose", action="store_true", help="echo each action's log while it runs")
+    _download_dir_option(build)
     build.set_defaults(handler=_build)
 
     listing = commands.add_parser("list", parents=[common], help="list the targets")
@@ -100,6 +110,7 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--allow-missing", action="store_true",
                         help="write the bundle even if some download or tool could not be made (marked in the manifest)")
     export.add_argument("--json", action="store_true", help="JSON-lines events on stdout instead of progress")
+    _download_dir_option(export)
     export.set_defaults(handler=_export)
 
     importer = commands.add_parser("import-offline", parents=[common],

@@ -244,7 +244,8 @@ class DownloadRule(Rule):
     def supply_hint(self, node: Node) -> str:
         names = [name for name, _ in self._local_names(node)]
         files = " or ".join(names[:1] + [f"{n} (what the URL serves)" for n in names[1:]])
-        return f"put {files} in a directory named by {DOWNLOAD_DIR_ENV} (it comes from {self._url(node)})"
+        return (f"put {files} in a directory given by --download-dir or {DOWNLOAD_DIR_ENV} "
+                f"(it comes from {self._url(node)})")
 
     # --- helpers -----------------------------------------------------------------
     def _url(self, node: Node) -> str:

@@ -319,9 +319,9 @@ def test_export_for_arm64_from_an_amd64_host_is_all_arm64(warm: tuple[Path, Path
 
     ws = copy_kai_mini_from(warm[0], tmp_path / "kai-mini")
     bundle_config(ws)
-    env = {"KAIBUILD_DOWNLOAD_DIR": str(downloads_dir(tmp_path, "arm64"))}
+    downloads = downloads_dir(tmp_path, "arm64")  # given by flag here, by KAIBUILD_DOWNLOAD_DIR elsewhere
     run = kaibuild(ws, "export-offline", "--platform", "linux/arm64", "-o", str(tmp_path / "bundle"),
-                   cache_dir=clone_cache(warm[1], tmp_path / "cache"), env=env)
+                   "--download-dir", str(downloads), cache_dir=clone_cache(warm[1], tmp_path / "cache"))
     assert run.returncode == 0, run.stderr
     bundle = tmp_path / "bundle"
     manifest = json.loads((bundle / "manifest.json").read_text())

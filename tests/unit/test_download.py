@@ -497,8 +497,8 @@ def test_export_names_each_missing_download_with_the_file_to_supply(tmp_path: Pa
 
     monkeypatch.setattr("rules.gotool.go_version", lambda: "go1.24.4")  # no Go needed for this bundle
     ctx = make(tmp_path, {"url": server.base + "/v{version}/{os}/kubectl", "output": "kubectl", "version": "1.35.0"})
-    hint = (f"put kubectl-1.35.0-linux-amd64 or kubectl (what the URL serves) in a directory named by "
-            f"KAIBUILD_DOWNLOAD_DIR (it comes from {server.base}/v1.35.0/linux/kubectl)")
+    hint = (f"put kubectl-1.35.0-linux-amd64 or kubectl (what the URL serves) in a directory given by "
+            f"--download-dir or KAIBUILD_DOWNLOAD_DIR (it comes from {server.base}/v1.35.0/linux/kubectl)")
     refused = export_offline(ctx, AMD64, tmp_path / "bundle", archive=False, allow_missing=False,
                              reporter=RecordingReporter())
     assert refused.path is None and refused.missing == {"//tools:kubectl [linux/amd64]": hint}
