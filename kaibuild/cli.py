@@ -236,10 +236,11 @@ def _import(args: argparse.Namespace) -> int:
     return 0
 
 
-_IMPORT_WORKSPACES = ("import into a new or empty directory (it gets the bundle's source), or into the project's "
-                      "checkout (it gets vendor/ if it has none, bin/ and the cache)")
+_IMPORT_WORKSPACES = ("import into a new or empty directory (it gets the bundle's source), or into the checkout "
+                      "the bundle was exported from (it gets the bundle's vendor/, bin/ and the cache)")
 _SOURCE_PLACED = {"source": ", source copied into {}", "vendor": ", vendor/ placed in {} (its other files left as they were)",
-                  "": " ({} left as it was: it has its own vendor/)"}
+                  "vendor replaced": ", vendor/ in {} replaced by the bundle's (its other files left as they were)",
+                  "": ""}
 
 
 def _first_missing(path: Path) -> Path | None:

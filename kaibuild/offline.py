@@ -180,7 +180,7 @@ class ImportOutcome:
     manifest: dict[str, Any]
     images: list[str]
     placed: list[Path]
-    source_placed: str  # "source" (all of it), "vendor" (vendor/ only) or ""
+    source_placed: str  # "source" (all of it), "vendor" or "vendor replaced" (vendor/ only), or ""
 
 
 def import_offline(ctx: Context, bundle: Path, *, fill_workspace: bool, platform: str | None = None) -> ImportOutcome:
@@ -206,10 +206,12 @@ def import_offline(ctx: Context, bundle: Path, *, fill_workspace: bool, platform
                 error.where = error.where.replace(f"{bundle}/", f"{archive}: member ").replace(str(bundle), str(archive))
             raise
         plan = safe_import_plan(bundle, ctx.workspace)
+        if not fill_workspace:
+            _check_same_module(bundle, ctx.workspace)
         entries = json.loads((bundle / CACHE_FILE).read_text()) if (bundle / CACHE_FILE).is_file() else []
         sources = _entry_sources(entries, manifest, bundle, assembled)
+        images = _fill_cache(ctx, sources, entries)  # first: if Docker fails, a checkout is left as it was
         source_placed = _place_source(bundle, ctx.workspace, fill=fill_workspace)
-        images = _fill_cache(ctx, sources, entries)
         placed = []
         for src, dest in plan:
             dest.parent.mkdir(parents=True, exist_ok=True)
@@ -240,28 +242,49 @@ def _entry_sources(entries: list[dict[str, Any]], manifest: dict[str, Any], bund
     return sources
 
 
+def _check_same_module(bundle: Path, workspace: Path) -> None:
+    """A checkout gets the bundle's vendor/ only if it has the go.mod and go.sum
+    the bundle was exported from: with others that tree would not match."""
+    for name in ("go.mod", "go.sum"):
+        ours, theirs = workspace / name, bundle / "source" / name
+        if ours.is_file() != theirs.is_file() or (ours.is_file() and sha256_file(ours) != sha256_file(theirs)):
+            raise KaibuildError(f"{name} differs from the one the bundle was exported from, so the bundle's vendor/ "
+                                "would not match it", where=str(ours),
+                                fix="check out the commit the bundle was exported from (or export a bundle from this "
+                                    "checkout), or import into a new or empty directory")
+
+
 def _place_source(bundle: Path, workspace: Path, *, fill: bool) -> str:
-    """Copy all of source/ into the workspace if it is to be filled; else
-    only vendor/, if it lacks one. Says which it did."""
+    """Copy all of source/ into an empty workspace; into a checkout (with the
+    bundle's go.mod), only vendor/, replacing any it has: vendor/ is made
+    from go.mod, and an old or damaged one is what import repairs. Says which."""
     source = bundle / "source"
-    if not source.is_dir():
+    part = source if fill else source / "vendor"
+    if not part.is_dir():
         return ""
-    parts = [source] if fill else ([source / "vendor"] if not (workspace / "vendor").exists() else [])
-    parts = [p for p in parts if p.is_dir()]
     if fill:
         workspace.parent.mkdir(parents=True, exist_ok=True)
-    for part in parts:
-        target = workspace if part == source else workspace / "vendor"
-        tmp = Path(tempfile.mkdtemp(prefix=".kaibuild-source-", dir=workspace.parent if fill else workspace))
+    tmp = Path(tempfile.mkdtemp(prefix=".kaibuild-source-", dir=workspace.parent if fill else workspace))
+    try:
         shutil.copytree(part, tmp / "tree")
         if fill:
             workspace.mkdir(parents=True, exist_ok=True)
             for entry in (tmp / "tree").iterdir():
                 os.replace(entry, workspace / entry.name)
-        else:
-            os.replace(tmp / "tree", target)
+            return "source"
+        old = workspace / "vendor"
+        replaced = old.exists() or old.is_symlink()
+        if replaced:
+            os.replace(old, tmp / "old-vendor")  # out of the way, so the new one appears whole
+        try:
+            os.replace(tmp / "tree", old)
+        except BaseException:
+            if replaced and not old.exists():
+                os.replace(tmp / "old-vendor", old)  # put the old one back rather than lose it
+            raise
+        return "vendor replaced" if replaced else "vendor"
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return "" if not parts else "source" if fill else "vendor"
 
 
 def _fill_cache(ctx: Context, sources: dict[str, Path], entries: list[dict[str, Any]]) -> list[str]:

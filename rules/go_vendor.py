@@ -75,8 +75,11 @@ class GoVendorRule(Rule):
             work: Path, log: ActionLog) -> RunResult:
         ws = ctx.workspace
         if ctx.options.offline:  # the vendor tree the bundle placed in the workspace, as it is
-            _check_consistent(ws, ws, log, fix="undo the go.mod/go.sum edit, or export the bundle again from this go.mod "
-                                           "(kaibuild export-offline) and import it")
+            _check_consistent(ws, ws, log,
+                              fix="undo the go.mod/go.sum edit, or export a bundle from this go.mod and import it here "
+                                  "(import replaces vendor/)",
+                              fix_missing="import the bundle again (it replaces vendor/); if the code now imports a "
+                                          "package the bundle never had, export a new bundle from this code")
             out = work / "out"
             for rel in inputs["offline_vendor"]:
                 (out / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -101,7 +104,8 @@ class GoVendorRule(Rule):
         if vendor.exists():  # a module with no dependencies has no vendor tree
             if not (vendor / "modules.txt").is_file():
                 raise ActionFailed("go mod vendor wrote no vendor/modules.txt", where=str(ws / "go.mod"))
-            _check_consistent(sandbox, ws, log, fix="run 'go mod tidy' and check go.mod/go.sum")
+            tidy = "run 'go mod tidy' and check go.mod/go.sum"
+            _check_consistent(sandbox, ws, log, fix=tidy, fix_missing=tidy)
             os.replace(vendor, out / "vendor")
         return RunResult(out, {})
 
@@ -111,7 +115,7 @@ class GoVendorRule(Rule):
 _LIST_ERRORS = '{{with .Error}}{{.}}{{"\\n"}}{{end}}{{range .DepsErrors}}{{.}}{{"\\n"}}{{end}}'
 
 
-def _check_consistent(module_dir: Path, workspace: Path, log: ActionLog, *, fix: str) -> None:
+def _check_consistent(module_dir: Path, workspace: Path, log: ActionLog, *, fix: str, fix_missing: str) -> None:
     """Go's own check that vendor/modules.txt matches go.mod (fatal to any
     -mod=vendor command) and that every package the module imports is
     vendored. `go list` reads only imports, so it is quick (2 s on KAI).
@@ -126,8 +130,8 @@ def _check_consistent(module_dir: Path, workspace: Path, log: ActionLog, *, fix:
         raise _go_failed("the vendor tree does not match go.mod", done, where=where, fix=fix)
     unvendored = sorted({line for line in done.stdout.splitlines() if "-mod=vendor" in line})
     if unvendored:  # "import lookup disabled by -mod=vendor": imported, not vendored
-        raise ActionFailed(f"the vendor tree lacks a package the module imports: {unvendored[0]}", where=where, fix=fix,
-                           log_tail="\n".join(unvendored)[-4000:])
+        raise ActionFailed(f"the vendor tree lacks a package the module imports: {unvendored[0]}", where=where,
+                           fix=fix_missing, log_tail="\n".join(unvendored)[-4000:])
 
 
 def _go_failed(what: str, done: subprocess.CompletedProcess[str], *, where: str, fix: str) -> ActionFailed:

@@ -289,6 +289,27 @@ def test_tampered_bundle_is_refused_and_nothing_changes(exported: dict, second_e
     assert sorted(after) == sorted(images_before)
 
 
+def test_import_into_the_checkout_repairs_its_vendor_and_refuses_one_with_another_go_mod(
+        exported: dict, second_engine: dict[str, str], tmp_path: Path) -> None:
+    bundle = exported["bundle"]
+    ws = copy_kai_mini_from(exported["ws"], tmp_path / "ws")  # the checkout the bundle came from
+    shutil.copytree(bundle / "source" / "vendor", ws / "vendor")
+    shutil.rmtree(ws / "vendor" / "github.com" / "google")  # damaged since the last import
+    run = kaibuild(tmp_path, "import-offline", str(bundle), "--workspace", str(ws), env=second_engine)
+    assert run.returncode == 0, run.stderr
+    assert "vendor/ in " in run.stderr and "replaced by the bundle's" in run.stderr
+    assert tree_state(ws / "vendor") == tree_state(bundle / "source" / "vendor")
+    assert not [p for p in ws.iterdir() if p.name.startswith(".kaibuild-source-")]
+
+    other = copy_kai_mini_from(exported["ws"], tmp_path / "other")
+    (other / "go.mod").write_text((other / "go.mod").read_text().replace("module example.com/kai-mini", "module example.com/other"))
+    before = tree_state(other)
+    refused = kaibuild(tmp_path, "import-offline", str(bundle), "--workspace", str(other), env=second_engine)
+    assert refused.returncode == 2
+    assert f"{other / 'go.mod'}: go.mod differs from the one the bundle was exported from" in refused.stderr
+    assert tree_state(other) == before
+
+
 def test_c1_partial_local_pull_does_not_leak_into_the_bundle(exported: dict, docker_env: dict, tmp_path: Path) -> None:
     # Only the arm64 half of a two-platform tag is in the local store; the
     # bundle for amd64 must still hold a complete amd64 image, or fail.
