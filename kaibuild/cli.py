@@ -233,6 +233,11 @@ def _import(args: argparse.Namespace) -> int:
                      f"{_SOURCE_PLACED[outcome.source_placed].format(workspace)}\n")
     for missing in outcome.manifest.get("missing", []):
         sys.stderr.write(f"kaibuild: note: the bundle lacks {missing['name']}: {missing['how_to_supply']}\n")
+    bundle_platform, here = outcome.manifest["platform"], str(ctx.docker.native_platform())
+    if bundle_platform != here:  # its builder and tools are for a machine like the one it was exported for
+        sys.stderr.write(f"kaibuild: note: this bundle is for {bundle_platform} machines and this one is {here}: the "
+                         f"tools in bin/ will not run here, and building offline here also needs a bundle exported "
+                         f"for {here} (import it too)\n")
     return 0
 
 

@@ -48,7 +48,10 @@ class BaseImageRule(Rule):
         if ctx.options.offline:
             if previous is None:
                 raise KaibuildError(f"base image {ref} for {platform} has never been resolved, and --offline forbids the registry",
-                                    where=node.where, fix="run the build (or export-offline) once with network access")
+                                    where=node.where,
+                                    fix=f"import an offline bundle exported for {platform} (the builder runs on this "
+                                        f"machine's platform, so a build for another needs this machine's bundle too), "
+                                        "or run the build once with network access")
             return {"ref": ref, "manifest_digest": previous}
         resolved = ctx.docker.resolve(ref, platform)
         if previous and previous != resolved.manifest_digest:

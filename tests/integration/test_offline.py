@@ -335,7 +335,8 @@ def test_c5_go_line_newer_than_local_go_names_both_versions(exported: dict, tmp_
     assert "1.99.0" in failure["error"] and "1.24.4" in failure["error"]
 
 
-def test_export_for_arm64_from_an_amd64_host_is_all_arm64(warm: tuple[Path, Path], tmp_path: Path) -> None:
+def test_export_for_arm64_from_an_amd64_host_is_all_arm64(warm: tuple[Path, Path], tmp_path: Path,
+                                                         second_engine: dict[str, str]) -> None:
     from tests.conftest import clone_cache
 
     ws = copy_kai_mini_from(warm[0], tmp_path / "kai-mini")
@@ -355,3 +356,8 @@ def test_export_for_arm64_from_an_amd64_host_is_all_arm64(warm: tuple[Path, Path
     for folder in ("tools", "envtest"):
         for binary in (bundle / folder).iterdir():
             assert elf_arch(binary.read_bytes()[:64]) == "arm64", binary
+    # Imported on this amd64 machine, it says what it is for and what building here would need.
+    imported = kaibuild(tmp_path, "import-offline", str(bundle), "--workspace", str(tmp_path / "arm-ws"), env=second_engine)
+    assert imported.returncode == 0, imported.stderr
+    assert ("this bundle is for linux/arm64 machines and this one is linux/amd64" in imported.stderr
+            and "needs a bundle exported for linux/amd64" in imported.stderr)
