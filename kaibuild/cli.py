@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if getattr(args, "download_dir", None):  # read where the download rule reads it, as if exported
         os.environ[DOWNLOAD_DIR_ENV] = str(args.download_dir.resolve())
+    _signals_received.clear()
     handlers = {number: signal.signal(number, _interrupted) for number in (signal.SIGINT, signal.SIGTERM)}
     try:
         return args.handler(args)
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         sys.stderr.write("kaibuild: interrupted\n")
-        return 130
+        return 128 + _signals_received[-1] if _signals_received else 130  # 130 for Ctrl-C, 143 for SIGTERM
     except BrokenPipeError:  # e.g. `kaibuild graph | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
@@ -49,11 +50,15 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(number, handler)
 
 
+_signals_received: list[int] = []
+
+
 def _interrupted(signum: int, frame: object) -> None:
     """SIGTERM (CI cancelling, `timeout`) stops kaibuild as Ctrl-C does, so
     temp files are removed and nothing half-done is recorded. First the
     docker and go processes it started: python-on-whales leaves them running,
     and a killed parent would leave them building on."""
+    _signals_received.append(signum)
     children = psutil.Process().children(recursive=True)
     for child in children:
         with contextlib.suppress(psutil.Error):
@@ -106,7 +111,8 @@ def _parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export-offline", parents=[common],
                                  help="write a bundle for building with no network on --platform")
     export.add_argument("-o", "--output", type=Path, default=Path("offline-bundle"), help="bundle directory (default: offline-bundle)")
-    export.add_argument("--archive", action="store_true", help="write one compressed file (.tar.zst) instead")
+    export.add_argument("--archive", action="store_true",
+                        help="write one compressed file (.tar.zst) instead (implied by -o NAME.tar.zst)")
     export.add_argument("--allow-missing", action="store_true",
                         help="write the bundle even if some download or tool could not be made (marked in the manifest)")
     export.add_argument("--json", action="store_true", help="JSON-lines events on stdout instead of progress")
@@ -184,7 +190,8 @@ def _export(args: argparse.Namespace) -> int:
     try:
         ctx.docker.check_can_build(platforms)
         with build_lock(ctx.store):
-            outcome = export_offline(ctx, platforms[0], args.output.resolve(), archive=args.archive,
+            archive = args.archive or args.output.name.endswith(".tar.zst")  # -o x.tar.zst: an archive, not a dir
+            outcome = export_offline(ctx, platforms[0], args.output.resolve(), archive=archive,
                                      allow_missing=args.allow_missing, reporter=reporter)
         reporter.summary(outcome.result.summary, failures_accepted=outcome.path is not None)
         if outcome.path is None:

@@ -104,6 +104,11 @@ def test_second_export_is_incremental(exported: dict) -> None:
     assert run.returncode == 0, run.stderr
     assert run.nodes("finished") == set()
     assert (exported["root"] / "bundle2.tar.zst").is_file()
+    # -o NAME.tar.zst means an archive, not a directory of that name; and archives are reproducible.
+    again = kaibuild(exported["ws"], "export-offline", "--platform", "linux/amd64", "-o", str(exported["root"] / "b3.tar.zst"),
+                     cache_dir=exported["cache"], env=env)
+    assert again.returncode == 0, again.stderr
+    assert (exported["root"] / "b3.tar.zst").read_bytes() == (exported["root"] / "bundle2.tar.zst").read_bytes()
 
 
 def test_import_and_offline_build_on_an_empty_engine_without_registry(exported: dict, second_engine: dict[str, str]) -> None:
