@@ -144,6 +144,17 @@ def test_compile_error_names_the_target_and_shows_the_log_tail(ws: Path, tmp_pat
     assert not (other / "dist").exists()
 
 
+def failure_with_prod_base(ws: Path, tmp_path: Path, base: str) -> str:
+    """Build the scheduler with `base` as the prod stage's FROM, expecting it to
+    fail with nothing in dist/; the failure's message."""
+    other = copy_kai_mini(tmp_path / "ws")
+    dockerfile = other / "Dockerfile"
+    dockerfile.write_text(dockerfile.read_text().replace("nvcr.io/nvidia/distroless/go:v3.2.1", base))
+    run = kaibuild(other, "build", SCHEDULER, "--platform", "linux/amd64", cache_dir=ws.parent / "cache")
+    assert run.returncode != 0 and not (other / "dist").exists()
+    return next(e for e in run.events if e["event"] == "failed")["error"]
+
+
 def test_base_image_missing_the_platform_fails_naming_both(ws: Path, docker_env: dict, tmp_path: Path) -> None:
     # A base image whose registry entry offers arm64 only.
     (tmp_path / "Dockerfile").write_text("FROM scratch\nCOPY marker /marker\n")
@@ -151,26 +162,15 @@ def test_base_image_missing_the_platform_fails_naming_both(ws: Path, docker_env:
     name = f"{docker_env['registry']}/docker.io/kaibuild-test/arm64-only:1"
     subprocess.run(["docker", "buildx", "build", "--platform", "linux/arm64", "--provenance", "false",
                     "--output", f"type=image,name={name},push=true", str(tmp_path)], check=True, capture_output=True)
-    other = copy_kai_mini(tmp_path / "ws")
-    dockerfile = other / "Dockerfile"
-    dockerfile.write_text(dockerfile.read_text().replace("nvcr.io/nvidia/distroless/go:v3.2.1", "kaibuild-test/arm64-only:1"))
-    run = kaibuild(other, "build", SCHEDULER, "--platform", "linux/amd64", cache_dir=ws.parent / "cache")
-    assert run.returncode != 0
-    failure = next(e for e in run.events if e["event"] == "failed")
-    assert "kaibuild-test/arm64-only:1" in failure["error"]
-    assert "linux/amd64" in failure["error"] and "linux/arm64" in failure["error"]
-    assert not (other / "dist").exists()
+    error = failure_with_prod_base(ws, tmp_path, "kaibuild-test/arm64-only:1")
+    assert "kaibuild-test/arm64-only:1" in error
+    assert "linux/amd64" in error and "linux/arm64" in error
 
 
 def test_a_base_tag_the_registry_lacks_is_called_a_typo_not_a_network_problem(ws: Path, tmp_path: Path) -> None:
-    other = copy_kai_mini(tmp_path / "ws")
-    dockerfile = other / "Dockerfile"
-    dockerfile.write_text(dockerfile.read_text().replace("nvcr.io/nvidia/distroless/go:v3.2.1", "nvcr.io/nvidia/distroless/go:v9.9.9"))
-    run = kaibuild(other, "build", SCHEDULER, "--platform", "linux/amd64", cache_dir=ws.parent / "cache")
-    assert run.returncode != 0
-    failure = next(e for e in run.events if e["event"] == "failed")
-    assert "nvcr.io/nvidia/distroless/go:v9.9.9" in failure["error"] and "not found" in failure["error"]
-    assert "may have a typo" in failure["error"] and "reachable" not in failure["error"]
+    error = failure_with_prod_base(ws, tmp_path, "nvcr.io/nvidia/distroless/go:v9.9.9")
+    assert "nvcr.io/nvidia/distroless/go:v9.9.9" in error and "not found" in error
+    assert "may have a typo" in error and "reachable" not in error
 
 
 def test_binary_for_the_wrong_arch_in_the_image_fails_the_build(ws: Path, tmp_path: Path) -> None:
