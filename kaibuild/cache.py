@@ -71,9 +71,10 @@ class Store:
     def blob_path(self, digest: str) -> Path:
         return self.cas / digest[:2] / digest
 
-    def put_file(self, src: Path) -> str:
-        """Move a finished file from tmp/ into the store; returns its sha256."""
-        digest = sha256_file(src)
+    def put_file(self, src: Path, *, sha256: str | None = None) -> str:
+        """Move a finished file from tmp/ into the store; returns its sha256
+        (`sha256` when the caller hashed these very bytes as it wrote them)."""
+        digest = sha256 or sha256_file(src)
         dest = self.blob_path(digest)
         if dest.exists():
             src.unlink()

@@ -247,7 +247,7 @@ def _check_same_module(bundle: Path, workspace: Path) -> None:
     the bundle was exported from: with others that tree would not match."""
     for name in ("go.mod", "go.sum"):
         ours, theirs = workspace / name, bundle / "source" / name
-        if ours.is_file() != theirs.is_file() or (ours.is_file() and sha256_file(ours) != sha256_file(theirs)):
+        if ours.is_file() != theirs.is_file() or (ours.is_file() and ours.read_bytes() != theirs.read_bytes()):
             raise KaibuildError(f"{name} differs from the one the bundle was exported from, so the bundle's vendor/ "
                                 "would not match it", where=str(ours),
                                 fix="check out the commit the bundle was exported from (or export a bundle from this "

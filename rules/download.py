@@ -34,7 +34,9 @@ import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -150,12 +152,12 @@ class DownloadRule(Rule):
         "bundle_section": str,  # offline bundle folder: "downloads" (default) or "envtest"
     }
     required = frozenset({"url", "output"})
+    offline_reuses_inputs = True  # offline, the bundle's recorded inputs stand in
 
     def __init__(self) -> None:
         # URL -> why it failed, for this process: the members of one archive
         # (envtest's three) then wait out one timeout, not three.
         self._failed: dict[str, str] = {}
-    offline_reuses_inputs = True  # offline, the bundle's recorded inputs stand in
 
     def expand(self, node: Node, ctx: Context) -> list[Node]:
         missing = sorted(self.required - set(node.settings))
@@ -222,7 +224,7 @@ class DownloadRule(Rule):
                                        "update the pin in kaibuild.toml only if the new file is trusted")
         if member and not source.extracted:
             if source.kind in ("mirror", "origin"):
-                _remember_archive(ctx, fetched, pins, work)  # verified: the next member of it needs no download
+                _remember_archive(ctx, fetched, digest, pins, work)  # verified: the next member needs no download
             fetched = _extract(fetched, member, work, source, node)
         executable = node.settings.get("executable", True)
         if executable:
@@ -306,22 +308,15 @@ class DownloadRule(Rule):
             if source.location in self._failed:
                 failures.append(f"{_describe(source)}: {self._failed[source.location]} (tried earlier in this run)")
                 continue
-            handle, name = tempfile.mkstemp(prefix="download-", suffix=".part", dir=work)
-            part = Path(name)
-            digests = {algorithm: hashlib.new(algorithm) for algorithm in _HASH_LENGTHS}
             try:
-                with os.fdopen(handle, "wb") as sink:
-                    if source.kind == "local":
-                        log.write(f"using local file {source.location}")
-                        with open(source.location, "rb") as stream:
-                            _copy(stream, sink, digests)
-                    else:
-                        log.write(f"GET {source.location}")
-                        request = urllib.request.Request(source.location, headers={"User-Agent": "kaibuild"})
-                        with urllib.request.urlopen(request, timeout=TIMEOUT_SECONDS) as stream:
-                            _copy(stream, sink, digests)
+                if source.kind == "local":
+                    log.write(f"using local file {source.location}")
+                    part, digests = _receive(partial(open, source.location, "rb"), work)
+                else:
+                    log.write(f"GET {source.location}")
+                    request = urllib.request.Request(source.location, headers={"User-Agent": "kaibuild"})
+                    part, digests = _receive(partial(urllib.request.urlopen, request, timeout=TIMEOUT_SECONDS), work)
             except (OSError, http.client.HTTPException, ValueError) as error:
-                part.unlink(missing_ok=True)
                 reason = _reason(error)
                 log.write(f"  failed: {reason}")
                 failures.append(f"{_describe(source)}: {reason}")
@@ -329,7 +324,7 @@ class DownloadRule(Rule):
                     raise ActionFailed(f"cannot read {source.location}: {reason}", where=str(node.id)) from None
                 self._failed[source.location] = reason
                 continue
-            return part, source, {algorithm: h.hexdigest() for algorithm, h in digests.items()}
+            return part, source, digests
         url = sources[-1].location
         raise ActionFailed(f"could not download {url}: " + "; ".join(failures), where=str(node.id),
                            fix=f"check network access and the mirrors, or put the file in {DOWNLOAD_DIR_ENV}")
@@ -344,26 +339,22 @@ def _recall_archive(ctx: Context, pins: dict[str, str], work: Path,
         blob = ctx.store.blob_path(kept) if isinstance(kept, str) else None
         if blob is None or not blob.is_file():
             continue
-        handle, name = tempfile.mkstemp(prefix="download-", suffix=".part", dir=work)
-        digests = {a: hashlib.new(a) for a in _HASH_LENGTHS}
-        with os.fdopen(handle, "wb") as sink, open(blob, "rb") as stream:
-            _copy(stream, sink, digests)
-        found = {a: h.hexdigest() for a, h in digests.items()}
+        part, found = _receive(partial(open, blob, "rb"), work)
         if all(found[a] == p for a, p in pins.items()):
             log.write(f"using the archive already downloaded for another member ({blob})")
-            return Path(name), Source("cache", str(blob)), found
-        Path(name).unlink()  # damaged since: drop it (no blob may differ from its name) and download again
+            return part, Source("cache", str(blob)), found
+        part.unlink()  # damaged since: drop it (no blob may differ from its name) and download again
         blob.unlink(missing_ok=True)
     return None
 
 
-def _remember_archive(ctx: Context, archive: Path, pins: dict[str, str], work: Path) -> None:
-    """Keep a verified archive in the cache, recorded under each of its pins
-    (the blob first, the record last)."""
+def _remember_archive(ctx: Context, archive: Path, sha256: str, pins: dict[str, str], work: Path) -> None:
+    """Keep a verified archive (whose sha256 was taken as it arrived) in the
+    cache, recorded under each of its pins (the blob first, the record last)."""
     handle, name = tempfile.mkstemp(prefix="archive-", dir=work)
     os.close(handle)
     shutil.copyfile(archive, name)
-    digest = ctx.store.put_file(Path(name))
+    digest = ctx.store.put_file(Path(name), sha256=sha256)
     for algorithm, pin in pins.items():
         ctx.store.actions.set(f"archive:{algorithm}:{pin}", digest)
 
@@ -383,6 +374,20 @@ def _reason(error: BaseException) -> str:
     if isinstance(error, urllib.error.URLError):
         return str(error.reason)
     return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+
+
+def _receive(open_stream: Callable[[], Any], work: Path) -> tuple[Path, dict[str, str]]:
+    """A stream's bytes in a new temp file under work, hashed as they pass;
+    on any failure no file is left."""
+    handle, name = tempfile.mkstemp(prefix="download-", suffix=".part", dir=work)
+    digests = {algorithm: hashlib.new(algorithm) for algorithm in _HASH_LENGTHS}
+    try:
+        with os.fdopen(handle, "wb") as sink, open_stream() as stream:
+            _copy(stream, sink, digests)
+    except BaseException:
+        Path(name).unlink(missing_ok=True)
+        raise
+    return Path(name), {algorithm: h.hexdigest() for algorithm, h in digests.items()}
 
 
 def _copy(stream: Any, sink: Any, digests: dict[str, Any]) -> None:
